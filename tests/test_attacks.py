@@ -343,3 +343,21 @@ def test_registered_perturbations(setup):
 def test_perturbation_params_validated_eagerly(name, params, msg):
     with pytest.raises(ValueError) as e: make_perturbation(name, **params)
     assert msg in str(e.value)
+
+
+def test_box_bounds_unbounded_and_bad():
+    """lo/hi: None means unbounded (tabular/synthetic data); lo >= hi is refused before any work."""
+    from cfx_nb.attacks import cfe_l2, pgd
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    z, t = 2 * torch.randn(5, 4), torch.randint(0, 2, (5,))
+    for norm, eps in (("l2", 1.5), ("linf", 0.4)):
+        za = pgd(mlp, z, t, norm=norm, eps=eps, alpha=eps / 4, steps=8, targeted=True, lo=None, hi=None)
+        d = (za - z).flatten(1).norm(p=2 if norm == "l2" else float("inf"), dim=1)
+        assert d.max() <= eps + 1e-5
+    zc = cfe_l2(mlp, z, t, lam=0.1, lr=0.1, steps=5, lo=None, hi=None)
+    assert zc.shape == z.shape and torch.isfinite(zc).all()
+    with pytest.raises(ValueError, match=r"pgd: lo=1.0 must be < hi=0.0"):
+        pgd(mlp, z, t, norm="l2", eps=1.0, alpha=0.1, steps=1, lo=1.0, hi=0.0)
+    with pytest.raises(ValueError, match=r"cfe_l2: x has values in"):
+        cfe_l2(mlp, z, t, lam=0.1, lr=0.1, steps=1)  # default box [0,1]
