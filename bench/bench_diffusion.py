@@ -1,0 +1,130 @@
+"""Benchmark the diffusion counterfactual sampler (cfx_nb.diffusion.counterfactuals) against its floor, in one run.
+
+The floor is the work any sampler of this kind must do: the UNet forward passes themselves. For each variant we
+record every UNet call the sampler makes (batch size and per-sample timesteps, through a forward pre-hook), then
+time, on the same model and inputs of the same shapes:
+
+* floor = those UNet calls alone, replayed back to back (for the Gaussian neighbourhood: `steps` × one forward of the
+          whole batch; with classifier-free guidance each forward carries the doubled batch);
+* ours  = `counterfactuals(bundle, x, target, ...)`, the public function (validation, scheduler steps, Gibbs updates).
+
+Target: ours ≤ 1.15 × floor. Medians of --repeats runs, interleaved (floor, ours, ours, floor, …) against drift; in
+brackets the ratio of the fastest runs (the least disturbed on a shared machine). The UNet is the default preset's
+(8×8 digits, channels 16, 32) with random weights: timing does not depend on training.
+
+Usage:  .venv/bin/python bench/bench_diffusion.py [--device auto|cpu|cuda] [--batch 256] [--steps 25] [--repeats 5]
+                                                  [--image-size 8] [--channels 16,32] [--in-channels 1]
+                                                  [--threads 0] [--out bench/results_diffusion.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+
+def sync(dev):
+    if dev.type == "cuda": torch.cuda.synchronize(dev)
+
+
+def machine(dev) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError: pass
+    s = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    if dev.type == "cuda": s += f", GPU {torch.cuda.get_device_name(dev)}"
+    try: s += f", load average {os.getloadavg()[0]:.1f}"
+    except OSError: pass
+    return s
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch", type=int, default=256, help="(image, target) pairs per CE batch")
+    ap.add_argument("--steps", type=int, default=25, help="denoising steps")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--image-size", type=int, default=8)
+    ap.add_argument("--in-channels", type=int, default=1)
+    ap.add_argument("--channels", default="16,32", help="UNet block_out_channels (default: the default preset's)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--out", default=None, help="also write the results as JSON here")
+    a = ap.parse_args(argv)
+
+    from cfx_nb.core import get_device
+    from cfx_nb.diffusion import DiffusionBundle, counterfactuals, make_scheduler, make_unet
+    if a.threads: torch.set_num_threads(a.threads)
+    dev = get_device(a.device)
+    torch.manual_seed(0)
+    unet = make_unet(a.image_size, a.in_channels, 10, block_out_channels=tuple(int(c) for c in a.channels.split(",")))
+    bundle = DiffusionBundle(unet.to(dev).eval().requires_grad_(False), make_scheduler(1000), 10, null_class=10)
+    x = torch.rand(a.batch, a.in_channels, a.image_size, a.image_size, device=dev)
+    target = torch.randint(0, 10, (a.batch,), device=dev)
+    d = a.in_channels * a.image_size ** 2
+    variants = {
+        "gaussian σ=0.3": dict(neighbourhood="gaussian", sigma_ce=0.3),
+        "gaussian σ=0.3, CFG w=2": dict(neighbourhood="gaussian", sigma_ce=0.3, guidance_scale=2.0),
+        "boltzmann (2 Gibbs sweeps)": dict(neighbourhood="boltzmann", temperature=0.3 / d ** 0.5, sweeps=2),
+        "guided (issue's approximation), from noise": dict(neighbourhood="gaussian", sigma_ce=0.3, method="guided"),
+    }
+    rows = []
+    for name, kw in variants.items():
+        kw = dict(kw, steps=a.steps, seed=0, batch_size=a.batch)
+        calls = []
+        h = bundle.unet.register_forward_pre_hook(
+            lambda m, args, kwargs: calls.append((args[0].shape, args[1].clone())), with_kwargs=True)
+        counterfactuals(bundle, x, target, **kw)  # warm-up, and the record of the UNet calls
+        h.remove()
+        inputs = [(torch.randn(s, device=dev), t, torch.randint(0, 10, (s[0],), device=dev)) for s, t in calls]
+
+        def floor():
+            with torch.inference_mode():
+                for xi, ti, yi in inputs: bundle.unet(xi, ti, class_labels=yi)
+        fns = {"floor": floor, "ours": lambda: counterfactuals(bundle, x, target, **kw)}
+        floor()
+        times, peak = {k: [] for k in fns}, {}
+        for r in range(a.repeats):
+            for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+                if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
+                sync(dev); t0 = time.perf_counter(); fns[k](); sync(dev)
+                times[k].append(time.perf_counter() - t0)
+                if dev.type == "cuda": peak[k] = max(peak.get(k, 0), torch.cuda.max_memory_allocated(dev))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        best = {k: min(v) for k, v in times.items()}
+        rows.append({"variant": name, "batch": a.batch, "steps": a.steps, "unet_calls": len(calls),
+                     "sample_forwards": int(sum(s[0] for s, _ in calls)), "median_s": med, "min_s": best, "times_s": times,
+                     "ours_over_floor": med["ours"] / med["floor"], "best_ours_over_floor": best["ours"] / best["floor"],
+                     "peak_mem_mib": {k: v / 2**20 for k, v in peak.items()} or None})
+        print(f"done {name}: " + ", ".join(f"{k} {v:.3f}s" for k, v in med.items()), file=sys.stderr, flush=True)
+
+    mach = machine(dev)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\nDiffusion CE sampler, batch {a.batch} pairs, {a.steps} steps, UNet {a.channels} on "
+          f"{a.in_channels}×{a.image_size}×{a.image_size}, device {dev}; medians of {a.repeats} "
+          f"(ratio: of medians, and in brackets of the fastest runs)\nmachine: {mach}; process peak RSS {rss:.0f} MiB\n")
+    print("| variant | UNet calls | floor (s) | ours (s) | ours / floor | target ≤ 1.15 |"
+          + (" peak MiB (floor / ours) |" if dev.type == "cuda" else ""))
+    print("|---|---|---|---|---|---|" + ("---|" if dev.type == "cuda" else ""))
+    for r in rows:
+        m, b = r["median_s"], r["min_s"]
+        line = (f"| {r['variant']} | {r['unet_calls']} | {m['floor']:.3f} | {m['ours']:.3f} | "
+                f"{r['ours_over_floor']:.3f} ({r['best_ours_over_floor']:.3f}) | "
+                f"{'yes' if r['ours_over_floor'] <= 1.15 else 'no'} |")
+        if r["peak_mem_mib"]: line += f" {r['peak_mem_mib']['floor']:.0f} / {r['peak_mem_mib']['ours']:.0f} |"
+        print(line)
+    if a.out:
+        from cfx_nb.core import save_json
+        save_json({"machine": mach, "device": str(dev), "args": vars(a), "peak_rss_mib": rss, "rows": rows}, a.out)
+
+
+if __name__ == "__main__":
+    main()
