@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from bench_pgd import build, machine, sync
+from _common import machine, sync
+from bench_pgd import build
 
 
 def main(argv=None):
@@ -42,7 +43,8 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
 
-    from cfx_nb.attacks import _pgd, eval_mode
+    from cfx_nb.attacks import _pgd
+    from cfx_nb.core import eval_mode
     from cfx_nb.core import get_device
     from cfx_nb.training import fit
     if a.threads: torch.set_num_threads(a.threads)

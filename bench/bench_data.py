@@ -19,15 +19,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from cfx_nb.core import get_device
+from _common import timed
 from cfx_nb.data import make_waterbirds_like
 from cfx_nb.models import SmallCNN
-
-
-def timed(fn, repeats):
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
-    return statistics.median(ts), ts
 
 
 def main():
@@ -43,9 +37,9 @@ def main():
     torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory() as cache:
-        t_gen, _ = timed(lambda: make_waterbirds_like("train", size=args.size, cache=False), 3)
+        t_gen, _ = timed(lambda: make_waterbirds_like("train", size=args.size, cache=False), None, 3)
         make_waterbirds_like("train", size=args.size, cache_dir=cache)
-        t_read, _ = timed(lambda: make_waterbirds_like("train", size=args.size, cache_dir=cache), 3)
+        t_read, _ = timed(lambda: make_waterbirds_like("train", size=args.size, cache_dir=cache), None, 3)
     ds = make_waterbirds_like("train", size=args.size, cache=False)
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers)
 
@@ -76,7 +70,7 @@ def main():
     # interleave the measurements so that load changes on a shared machine hit both alike
     t_load, t_train, t_both = [], [], []
     for _ in range(args.repeats):
-        t_load.append(timed(load_epoch, 1)[0]); t_train.append(timed(train_epoch, 1)[0]); t_both.append(timed(loader_train_epoch, 1)[0])
+        t_load.append(timed(load_epoch, dev, 1)[0]); t_train.append(timed(train_epoch, dev, 1)[0]); t_both.append(timed(loader_train_epoch, dev, 1)[0])
     med = statistics.median
     res = {
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),

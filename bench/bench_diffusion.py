@@ -28,23 +28,9 @@ import sys
 import time
 
 import torch
+from _common import machine, sync
 
 
-def sync(dev):
-    if dev.type == "cuda": torch.cuda.synchronize(dev)
-
-
-def machine(dev) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-    except OSError: pass
-    s = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    if dev.type == "cuda": s += f", GPU {torch.cuda.get_device_name(dev)}"
-    try: s += f", load average {os.getloadavg()[0]:.1f}"
-    except OSError: pass
-    return s
 
 
 def main(argv=None):

@@ -27,18 +27,9 @@ import statistics
 import time
 
 import torch
+from _common import machine, sync, timed
 import torch.nn.functional as F
 
-
-def sync(dev):
-    if dev.type == "cuda": torch.cuda.synchronize()
-
-
-def timed(fn, dev, repeats):
-    ts = []
-    for _ in range(repeats):
-        sync(dev); t0 = time.perf_counter(); fn(); sync(dev); ts.append(time.perf_counter() - t0)
-    return statistics.median(ts), ts
 
 
 def setup(dev, seed=0, width=0.25):

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 torchattacks = pytest.importorskip("torchattacks")
 
-from cfx_nb.attacks import cfe_l2, eval_mode, pgd
+from cfx_nb.attacks import cfe_l2, pgd
+from cfx_nb.core import eval_mode
 from cfx_nb.core import PERTURBATIONS, make_perturbation
 from cfx_nb.models import SmallCNN
 

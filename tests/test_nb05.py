@@ -12,14 +12,11 @@ NB = Path(__file__).resolve().parents[1] / "nbs" / "05_waterbirds.ipynb"
 METHODS = ["pgd_l2", "pgd_linf", "cfe_l2", "pcfe_l0"]
 
 
-def _run(tmp_path, **params):
-    return pm.execute_notebook(str(NB), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="python3",
-                               cwd=str(tmp_path), progress_bar=False)
 
 
-def test_smoke_run_writes_results(tmp_path):
+def test_smoke_run_writes_results(run_nb, tmp_path):
     out = tmp_path / "run"
-    _run(tmp_path, preset="smoke", out_dir=str(out), seeds=[0, 1])
+    run_nb(NB, preset="smoke", out_dir=str(out), seeds=[0, 1])
     res = json.loads((out / "results.json").read_text())
     cfg, rows, meta = res["config"], res["rows"], res["metadata"]
     assert cfg["preset"] == "smoke" and cfg["seeds"] == [0, 1] and cfg["methods"] == METHODS
@@ -46,12 +43,12 @@ def test_smoke_run_writes_results(tmp_path):
     assert not [p for p in out.rglob(".*.tmp")]
 
 
-def test_rerun_reuses_the_cache(tmp_path):
+def test_rerun_reuses_the_cache(run_nb, tmp_path):
     out = tmp_path / "run"
-    _run(tmp_path, preset="smoke", out_dir=str(out), methods=["pgd_linf"])
+    run_nb(NB, preset="smoke", out_dir=str(out), methods=["pgd_linf"])
     first = json.loads((out / "results.json").read_text())["rows"]
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.pt")}
-    _run(tmp_path, preset="smoke", out_dir=str(out), methods=["pgd_linf"])
+    run_nb(NB, preset="smoke", out_dir=str(out), methods=["pgd_linf"])
     again = json.loads((out / "results.json").read_text())["rows"]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in first] == \
            [{k: v for k, v in r.items() if k != "seconds"} for r in again]
@@ -66,13 +63,13 @@ def test_rerun_reuses_the_cache(tmp_path):
     (dict(preset="paper"), "05_waterbirds: preset='paper' runs on the real WaterBirds data: set data_root"),
     (dict(preset="smoke", data_root="EMPTY"), "load_waterbirds: no metadata.csv"),
 ])
-def test_bad_parameters_stop_early(tmp_path, params, message):
+def test_bad_parameters_stop_early(run_nb, tmp_path, params, message):
     if params.get("data_root") == "EMPTY":
         (tmp_path / "empty").mkdir()
         params = {**params, "data_root": str(tmp_path / "empty")}
     out = tmp_path / "run"
     with pytest.raises(pm.PapermillExecutionError) as e:
-        _run(tmp_path, out_dir=str(out), **params)
+        run_nb(NB, out_dir=str(out), **params)
     assert message in str(e.value)
     cells = json.loads((tmp_path / "out.ipynb").read_text())["cells"]
     first_work = next(i for i, c in enumerate(cells) if "run_lfp(" in "".join(c["source"]) and c["cell_type"] == "code")

@@ -10,14 +10,11 @@ pm = pytest.importorskip("papermill")
 NB = Path(__file__).resolve().parents[1] / "nbs" / "06_spuco_animals.ipynb"
 
 
-def _run(tmp_path, **params):
-    return pm.execute_notebook(str(NB), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="python3",
-                               cwd=str(tmp_path), progress_bar=False)
 
 
-def test_smoke_run_writes_results(tmp_path):
+def test_smoke_run_writes_results(run_nb, tmp_path):
     out = tmp_path / "run"
-    _run(tmp_path, preset="smoke", out_dir=str(out), methods=["pgd_l2", "pcfe_l0"])
+    run_nb(NB, preset="smoke", out_dir=str(out), methods=["pgd_l2", "pcfe_l0"])
     res = json.loads((out / "results.json").read_text())
     cfg, rows = res["config"], res["rows"]
     assert cfg["subset"] == "dogs" and cfg["preset"] == "smoke"
@@ -36,11 +33,11 @@ def test_smoke_run_writes_results(tmp_path):
     (dict(preset="smoke", subset="cats"), "06_spuco_animals: subset='cats' is not one of 'dogs', 'animals'"),
     (dict(preset="smoke", data_root="EMPTY"), "load_spuco_animals:"),
 ])
-def test_bad_parameters_stop_early(tmp_path, params, message):
+def test_bad_parameters_stop_early(run_nb, tmp_path, params, message):
     if params.get("data_root") == "EMPTY":
         (tmp_path / "empty").mkdir()
         params = {**params, "data_root": str(tmp_path / "empty")}
     with pytest.raises(pm.PapermillExecutionError) as e:
-        _run(tmp_path, out_dir=str(tmp_path / "run"), **params)
+        run_nb(NB, out_dir=str(tmp_path / "run"), **params)
     assert message in str(e.value)
     assert not (tmp_path / "run" / "cache").exists()

@@ -10,14 +10,11 @@ pm = pytest.importorskip("papermill")
 NB = Path(__file__).resolve().parents[1] / "nbs" / "07_natural_images.ipynb"
 
 
-def _run(tmp_path, **params):
-    return pm.execute_notebook(str(NB), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="python3",
-                               cwd=str(tmp_path), progress_bar=False)
 
 
-def test_smoke_run_writes_results(tmp_path):
+def test_smoke_run_writes_results(run_nb, tmp_path):
     out = tmp_path / "run"
-    _run(tmp_path, preset="smoke", out_dir=str(out))
+    run_nb(NB, preset="smoke", out_dir=str(out))
     res = json.loads((out / "results.json").read_text())
     cfg, rows, meta = res["config"], res["rows"], res["metadata"]
     assert cfg["preset"] == "smoke" and cfg["dataset"] == "digits" and cfg["target_modes"] == ["random", "deterministic"]
@@ -50,13 +47,13 @@ def test_smoke_run_writes_results(tmp_path):
     (dict(preset="smoke", dataset="svhn"), "dataset='svhn' is not one of 'digits', 'mnist', 'fmnist', 'cifar10'"),
     (dict(preset="smoke", dataset="mnist", data_root="EMPTY"), "load_mnist: MNIST files not found"),
 ])
-def test_bad_parameters_stop_early(tmp_path, params, message):
+def test_bad_parameters_stop_early(run_nb, tmp_path, params, message):
     if params.get("data_root") == "EMPTY":
         (tmp_path / "empty").mkdir()
         params = {**params, "data_root": str(tmp_path / "empty")}
     out = tmp_path / "run"
     with pytest.raises(pm.PapermillExecutionError) as e:
-        _run(tmp_path, out_dir=str(out), **params)
+        run_nb(NB, out_dir=str(out), **params)
     assert message in str(e.value)
     assert e.value.exec_count <= 5  # stopped in the first cells (parameters, imports, checks, data), before any training
     assert not (out / "results.json").exists()

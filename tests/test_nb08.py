@@ -12,14 +12,11 @@ NB = Path(__file__).resolve().parents[1] / "nbs" / "08_synthetic.ipynb"
 METHODS = ["pgd_l2", "pgd_linf", "cfe_l2", "pcfe_l0"]
 
 
-def _run(tmp_path, **params):
-    return pm.execute_notebook(str(NB), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="python3",
-                               cwd=str(tmp_path), progress_bar=False)
 
 
-def test_smoke_grid_writes_results(tmp_path):
+def test_smoke_grid_writes_results(run_nb, tmp_path):
     out = tmp_path / "run"
-    _run(tmp_path, preset="smoke", out_dir=str(out))
+    run_nb(NB, preset="smoke", out_dir=str(out))
     res = json.loads((out / "results.json").read_text())
     cfg, rows, meta = res["config"], res["rows"], res["metadata"]
     assert cfg["preset"] == "smoke" and cfg["kinds"] == ["uniform", "gaussian"] and meta["wall_time_s"] > 0
@@ -66,10 +63,10 @@ def test_smoke_grid_writes_results(tmp_path):
     (dict(preset="smoke", kinds=["laplace"]), "kinds='laplace' is not one of 'uniform', 'gaussian'"),
     (dict(preset="smoke", data_root="/data/synthetic"), "data_root must be None"),
 ])
-def test_bad_parameters_stop_early(tmp_path, params, message):
+def test_bad_parameters_stop_early(run_nb, tmp_path, params, message):
     out = tmp_path / "run"
     with pytest.raises(pm.PapermillExecutionError) as e:
-        _run(tmp_path, out_dir=str(out), **params)
+        run_nb(NB, out_dir=str(out), **params)
     assert message in str(e.value)
     assert e.value.exec_count <= 4  # the checks cell, before any data or training
     assert not (out / "results.json").exists()
