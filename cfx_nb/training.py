@@ -312,6 +312,9 @@ def fit(model: nn.Module, # the classifier, trained in place (inputs in [0,1], N
             lr_now = opt.param_groups[0]["lr"]
             if sched is not None: sched.step()
             tot = acc.reduce(torch.cat([tot, torch.tensor([float(seen)], device=tot.device)]), "sum").tolist()
+            if not math.isfinite(tot[0]):  # stop before a diverged model is checkpointed or used as a result
+                raise FloatingPointError(f"fit: the training loss became {tot[0]} in epoch {epoch + 1} (lr={lr_now}, "
+                                         f"optimizer={optimizer!r}); lower lr, set grad_clip, or check the data")
             history["epoch"].append(epoch + 1); history["loss"].append(tot[0] / max(tot[2], 1))
             history["acc"].append(tot[1] / max(tot[2], 1)); history["lr"].append(lr_now)
             if val is not None:

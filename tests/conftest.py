@@ -23,3 +23,23 @@ def run_nb(tmp_path):
         return pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="python3",
                                    cwd=str(tmp_path), progress_bar=False)
     return run
+
+
+@pytest.fixture
+def run_paper_preset(run_nb, tmp_path):
+    """Run an experiment notebook's `paper` preset on a data fixture in the real on-disk format, with a
+    randomly initialised ResNet-50 saved to a local file standing in for the ImageNet weights, shrunk to CPU
+    size (64 px, 1 epoch, 2 steps, 1 seed); returns the results.json and the output folder."""
+    import json
+
+    import torchvision
+
+    def run(nb, data_root, **params):
+        torch.manual_seed(0)
+        weights = tmp_path / "resnet50.pth"
+        torch.save(torchvision.models.resnet50().state_dict(), weights)
+        out = tmp_path / "run"
+        run_nb(nb, preset="paper", data_root=str(data_root), pretrained=str(weights), out_dir=str(out),
+               epochs=1, steps=2, seeds=[0], image_size=64, device="cpu", num_threads=1, **params)
+        return json.loads((out / "results.json").read_text()), out
+    return run

@@ -41,3 +41,14 @@ def test_bad_parameters_stop_early(run_nb, tmp_path, params, message):
         run_nb(NB, out_dir=str(tmp_path / "run"), **params)
     assert message in str(e.value)
     assert not (tmp_path / "run" / "cache").exists()
+
+
+def test_paper_preset_runs_on_real_format_data(run_paper_preset, tmp_path):
+    """The `paper` preset's code path end to end on a SpuCo tree in spuco's on-disk layout (the SpuCo-Dogs
+    subset, ResNet-50 with weights from a local file, SGD), shrunk to CPU size: it checks the plumbing, not the figures."""
+    from cfx_nb.data import _write_spuco_fixture
+    res, out = run_paper_preset(NB, _write_spuco_fixture(tmp_path / "spuco", n=3, size=64))
+    cfg = res["config"]
+    assert (cfg["preset"], cfg["subset"], cfg["model"], cfg["optimizer"]) == ("paper", "dogs", "resnet50", "sgd")
+    assert {r["method"] for r in res["rows"]} == {"original", "pgd_l2", "pgd_linf", "cfe_l2", "pcfe_l0"}
+    assert len(pd.read_csv(out / "paper_style.csv")) == 4

@@ -57,3 +57,22 @@ def test_bad_parameters_stop_early(run_nb, tmp_path, params, message):
     assert message in str(e.value)
     assert e.value.exec_count <= 5  # stopped in the first cells (parameters, imports, checks, data), before any training
     assert not (out / "results.json").exists()
+
+
+def test_paper_preset_runs_on_real_format_data(run_nb, tmp_path):
+    """The `paper` preset's code path (App. B on MNIST: the IDX reader, the Kumano ConvNet at width 1, SGD, the
+    paper's budgets, the authors' PGD step rule, R and D targets) end to end on a 40-image MNIST fixture in the
+    real IDX format, shrunk to one epoch and two steps: it checks the plumbing, not the figures."""
+    from cfx_nb.data import _write_mnist_fixture
+    root = _write_mnist_fixture(tmp_path / "data", n_train=40, n_test=20)
+    out = tmp_path / "run"
+    run_nb(NB, preset="paper", data_root=str(root), out_dir=str(out), epochs=1, source_epochs=1, steps=2, seeds=[0],
+           device="cpu", num_threads=1)
+    res = json.loads((out / "results.json").read_text())
+    cfg = res["config"]
+    assert (cfg["preset"], cfg["dataset"], cfg["model"], cfg["width"], cfg["optimizer"]) == ("paper", "mnist", "small_cnn", 1.0, "sgd")
+    assert (cfg["pgd_l2_eps"], cfg["pgd_linf_eps"], cfg["pgd_step_rule"]) == (2.0, 0.3, "authors")
+    got = sorted((r["method"], r["target_mode"]) for r in res["rows"])
+    assert got == sorted([("original", "—")] + [(m, t) for m in ("pgd_l2", "pgd_linf", "cfe_l2", "pcfe_l0")
+                                                 for t in ("random", "deterministic")])
+    assert all(r["n"] == 40 for r in res["rows"] if r["method"] != "original")

@@ -267,3 +267,15 @@ def test_fit_bad_data(blobs):
 def test_metrics_bad_input(call, msg):
     with pytest.raises(ValueError) as e: call()
     assert msg in str(e.value)
+
+
+def test_diverged_training_stops_with_a_clear_error_and_no_checkpoint(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 10, generator=g), torch.randint(0, 2, (64,), generator=g)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
+    with pytest.raises(FloatingPointError, match=r"fit: the training loss became (nan|inf) in epoch \d+ \(lr=1e\+20"):
+        fit(model, TensorDataset(x, y), epochs=5, batch_size=16, lr=1e20, device="cpu", progress=False,
+            ckpt_dir=tmp_path / "ckpt")
+    done = latest_checkpoint(tmp_path / "ckpt")  # the epochs before the divergence may be saved, never the diverged one
+    assert done is None or all(torch.isfinite(p).all() for p in torch.load(done, weights_only=True)["model"].values())
