@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: device synchronisation, a median timer, and a one-line machine description."""
+"""Helpers shared by the benchmarks: device synchronisation, a median timer, an alternating timer, and a one-line
+machine description."""
 from __future__ import annotations
 
 import os
@@ -21,6 +22,20 @@ def timed(fn: Callable[[], object], dev: torch.device | None, repeats: int) -> t
     for _ in range(repeats):
         sync(dev); t0 = time.perf_counter(); fn(); sync(dev); ts.append(time.perf_counter() - t0)
     return statistics.median(ts), ts
+
+
+def alternating(fns: dict[str, Callable[[], object]], dev: torch.device, repeats: int
+                ) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Wall times of `repeats` rounds of every function in `fns`, the order reversed every other round against
+    drift; on CUDA also each function's peak allocated memory (bytes). Returns (times, peak)."""
+    times, peak = {k: [] for k in fns}, {}
+    for r in range(repeats):
+        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
+            sync(dev); t0 = time.perf_counter(); fns[k](); sync(dev)
+            times[k].append(time.perf_counter() - t0)
+            if dev.type == "cuda": peak[k] = max(peak.get(k, 0), torch.cuda.max_memory_allocated(dev))
+    return times, peak
 
 
 def machine(dev: torch.device) -> str:

@@ -19,16 +19,12 @@ Usage:  .venv/bin/python bench/bench_diffusion.py [--device auto|cpu|cuda] [--ba
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import resource
 import statistics
 import sys
-import time
 
 import torch
-from _common import machine, sync
+from _common import alternating, machine
 
 
 
@@ -77,13 +73,7 @@ def main(argv=None):
                 for xi, ti, yi in inputs: bundle.unet(xi, ti, class_labels=yi)
         fns = {"floor": floor, "ours": lambda: counterfactuals(bundle, x, target, **kw)}
         floor()
-        times, peak = {k: [] for k in fns}, {}
-        for r in range(a.repeats):
-            for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-                if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
-                sync(dev); t0 = time.perf_counter(); fns[k](); sync(dev)
-                times[k].append(time.perf_counter() - t0)
-                if dev.type == "cuda": peak[k] = max(peak.get(k, 0), torch.cuda.max_memory_allocated(dev))
+        times, peak = alternating(fns, dev, a.repeats)
         med = {k: statistics.median(v) for k, v in times.items()}
         best = {k: min(v) for k, v in times.items()}
         rows.append({"variant": name, "batch": a.batch, "steps": a.steps, "unet_calls": len(calls),

@@ -18,15 +18,11 @@ Usage:  .venv/bin/python bench/bench_pgd.py [--device auto|cpu|cuda] [--steps 10
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
-import time
 
 import torch
-from _common import machine, sync
+from _common import alternating, machine
 import torch.nn.functional as F
 
 
@@ -81,14 +77,7 @@ def main(argv=None):
                    "torchattacks": lambda: atk(x, y)}
             with amp:
                 for f in fns.values(): f()  # warm-up (cuDNN autotuning, allocator)
-                times = {k: [] for k in fns}
-                peak = {}
-                for r in range(a.repeats):
-                    for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):  # alternate the order against drift
-                        if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
-                        sync(dev); t0 = time.perf_counter(); fns[k](); sync(dev)
-                        times[k].append(time.perf_counter() - t0)
-                        if dev.type == "cuda": peak[k] = max(peak.get(k, 0), torch.cuda.max_memory_allocated(dev))
+                times, peak = alternating(fns, dev, a.repeats)
             med = {k: statistics.median(v) for k, v in times.items()}
             best = {k: min(v) for k, v in times.items()}
             rows.append({"model": name, "norm": norm, "steps": a.steps, "batch": a.batch, "median_s": med, "min_s": best,

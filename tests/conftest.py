@@ -25,6 +25,22 @@ def run_nb(tmp_path):
     return run
 
 
+
+@pytest.fixture
+def run_bad_params(run_nb, tmp_path):
+    """Run a notebook with parameters that must stop it (out_dir=tmp_path/"run"; data_root="EMPTY" becomes an
+    empty folder) and return papermill's PapermillExecutionError; fails the test if the notebook runs through."""
+    pm = pytest.importorskip("papermill")
+
+    def run(nb, **params):
+        if params.get("data_root") == "EMPTY":
+            (tmp_path / "empty").mkdir()
+            params = {**params, "data_root": str(tmp_path / "empty")}
+        with pytest.raises(pm.PapermillExecutionError) as e:
+            run_nb(nb, out_dir=str(tmp_path / "run"), **params)
+        return e.value
+    return run
+
 @pytest.fixture
 def run_paper_preset(run_nb, tmp_path):
     """Run an experiment notebook's `paper` preset on a data fixture in the real on-disk format, with a

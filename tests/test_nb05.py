@@ -63,17 +63,13 @@ def test_rerun_reuses_the_cache(run_nb, tmp_path):
     (dict(preset="paper"), "05_waterbirds: preset='paper' runs on the real WaterBirds data: set data_root"),
     (dict(preset="smoke", data_root="EMPTY"), "load_waterbirds: no metadata.csv"),
 ])
-def test_bad_parameters_stop_early(run_nb, tmp_path, params, message):
-    if params.get("data_root") == "EMPTY":
-        (tmp_path / "empty").mkdir()
-        params = {**params, "data_root": str(tmp_path / "empty")}
+def test_bad_parameters_stop_early(run_bad_params, tmp_path, params, message):
+    err = run_bad_params(NB, **params)
     out = tmp_path / "run"
-    with pytest.raises(pm.PapermillExecutionError) as e:
-        run_nb(NB, out_dir=str(out), **params)
-    assert message in str(e.value)
+    assert message in str(err)
     cells = json.loads((tmp_path / "out.ipynb").read_text())["cells"]
     first_work = next(i for i, c in enumerate(cells) if "run_lfp(" in "".join(c["source"]) and c["cell_type"] == "code")
-    assert e.value.cell_index < first_work  # stopped in the parameter/data cells, before any training
+    assert err.cell_index < first_work  # stopped in the parameter/data cells, before any training
     assert not (out / "cache").exists() and not (out / "results.json").exists()
 
 

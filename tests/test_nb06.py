@@ -33,13 +33,8 @@ def test_smoke_run_writes_results(run_nb, tmp_path):
     (dict(preset="smoke", subset="cats"), "06_spuco_animals: subset='cats' is not one of 'dogs', 'animals'"),
     (dict(preset="smoke", data_root="EMPTY"), "load_spuco_animals:"),
 ])
-def test_bad_parameters_stop_early(run_nb, tmp_path, params, message):
-    if params.get("data_root") == "EMPTY":
-        (tmp_path / "empty").mkdir()
-        params = {**params, "data_root": str(tmp_path / "empty")}
-    with pytest.raises(pm.PapermillExecutionError) as e:
-        run_nb(NB, out_dir=str(tmp_path / "run"), **params)
-    assert message in str(e.value)
+def test_bad_parameters_stop_early(run_bad_params, tmp_path, params, message):
+    assert message in str(run_bad_params(NB, **params))
     assert not (tmp_path / "run" / "cache").exists()
 
 

@@ -47,15 +47,11 @@ def test_smoke_run_writes_results(run_nb, tmp_path):
     (dict(preset="smoke", dataset="svhn"), "dataset='svhn' is not one of 'digits', 'mnist', 'fmnist', 'cifar10'"),
     (dict(preset="smoke", dataset="mnist", data_root="EMPTY"), "load_mnist: MNIST files not found"),
 ])
-def test_bad_parameters_stop_early(run_nb, tmp_path, params, message):
-    if params.get("data_root") == "EMPTY":
-        (tmp_path / "empty").mkdir()
-        params = {**params, "data_root": str(tmp_path / "empty")}
+def test_bad_parameters_stop_early(run_bad_params, tmp_path, params, message):
+    err = run_bad_params(NB, **params)
     out = tmp_path / "run"
-    with pytest.raises(pm.PapermillExecutionError) as e:
-        run_nb(NB, out_dir=str(out), **params)
-    assert message in str(e.value)
-    assert e.value.exec_count <= 5  # stopped in the first cells (parameters, imports, checks, data), before any training
+    assert message in str(err)
+    assert err.exec_count <= 5  # stopped in the first cells (parameters, imports, checks, data), before any training
     assert not (out / "results.json").exists()
 
 
