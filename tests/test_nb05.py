@@ -3,13 +3,14 @@ parameters stopping it in its first cells, before anything is written."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 pm = pytest.importorskip("papermill")
 
 NB = Path(__file__).resolve().parents[1] / "nbs" / "05_waterbirds.ipynb"
-METHODS = ["pgd_l2", "pgd_linf", "cfe_l2", "pcfe_l0"]
+METHODS = ["pgd_l2", "pgd_linf", "cfe_l2", "pcfe_l0", "scfe_l0"]  # paper 2's four + the τ = 0 ablation
 
 
 
@@ -19,7 +20,8 @@ def test_smoke_run_writes_results(run_nb, tmp_path):
     run_nb(NB, preset="smoke", out_dir=str(out), seeds=[0, 1])
     res = json.loads((out / "results.json").read_text())
     cfg, rows, meta = res["config"], res["rows"], res["metadata"]
-    assert cfg["preset"] == "smoke" and cfg["seeds"] == [0, 1] and cfg["methods"] == METHODS
+    assert cfg["preset"] == "smoke" and cfg["seeds"] == [0, 1] and list(cfg["methods"]) == METHODS
+    assert cfg["methods"]["pcfe_l0"]["tau"] > 0 and res["metadata"]["parameter_sources"]["seeds"] == "explicit"
     assert sorted((r["seed"], r["method"]) for r in rows) == sorted((s, m) for s in (0, 1) for m in ["original"] + METHODS)
     for r in rows:
         for split in ("train", "test"):
@@ -31,11 +33,14 @@ def test_smoke_run_writes_results(run_nb, tmp_path):
     assert meta["wall_time_s"] > 0 and meta["versions"]["torch"].startswith("2.14")
     # the tables: ours beside the paper's, one row per (table, split, method)
     cmp = pd.read_csv(out / "comparison.csv")
-    assert len(cmp) == 2 * 2 * 5 and cmp["paper"].notna().all()
+    assert len(cmp) == 2 * 2 * 6 and cmp.query("method != 'S-CFE ℓ0 (τ=0)'")["paper"].notna().all()
     assert (cmp["diff"] - (cmp["ours"] - cmp["paper"])).abs().max() < 0.02
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["n_seeds"]) == {2}
-    assert len(pd.read_csv(out / "claims.csv")) == 6
+    claims = pd.read_csv(out / "claims.csv")
+    assert len(claims) == 5 + 1 + 3 + 1 + 1  # above chance ×5, train-acc non-inferiority, WGA vs 3, vs Original, τ ablation
+    assert set(claims.verdict) <= {"holds", "contradicted", "inconclusive"} and (claims.ci_low <= claims.ci_high).all()
+    assert len(np.load(out / "outcomes.npz").files) == 2 * 6 * 2 + 3
     assert len(pd.read_csv(out / "results.csv")) == len(rows)
     for f in ("fig1_training_variants.png", "fig2_gradcam_worst_group.png", "fig3_saliency.png"):
         assert (out / f).read_bytes()[:4] == b"\x89PNG", f
@@ -62,13 +67,17 @@ def test_rerun_reuses_the_cache(run_nb, tmp_path):
     (dict(preset="smoke", target_mode="rnd"), "05_waterbirds: target_mode='rnd' is not one of"),
     (dict(preset="paper"), "05_waterbirds: preset='paper' runs on the real WaterBirds data: set data_root"),
     (dict(preset="smoke", data_root="EMPTY"), "load_waterbirds: no metadata.csv"),
+    (dict(preset="smoke", epoch=5), "05_waterbirds: unknown parameter 'epoch' (did you mean 'epochs'?)"),
+    (dict(preset="smoke", methods={"pgd_l2": {"eps": -3}}), "05_waterbirds: methods.pgd_l2.eps=-3 must be a finite number > 0"),
+    (dict(preset="smoke", pcfe_tau=-1.0), "05_waterbirds: methods.pcfe_l0.tau=-1.0 must be a finite number >= 0"),
+    (dict(preset="smoke", seeds=[0, 0]), "05_waterbirds: seeds=[0, 0] has duplicates"),
 ])
 def test_bad_parameters_stop_early(run_bad_params, tmp_path, params, message):
     err = run_bad_params(NB, **params)
     out = tmp_path / "run"
     assert message in str(err)
     cells = json.loads((tmp_path / "out.ipynb").read_text())["cells"]
-    first_work = next(i for i, c in enumerate(cells) if "run_lfp(" in "".join(c["source"]) and c["cell_type"] == "code")
+    first_work = next(i for i, c in enumerate(cells) if "run_spurious(run" in "".join(c["source"]) and c["cell_type"] == "code")
     assert err.cell_index < first_work  # stopped in the parameter/data cells, before any training
     assert not (out / "cache").exists() and not (out / "results.json").exists()
 
@@ -83,7 +92,7 @@ def test_paper_preset_runs_on_real_format_data(run_paper_preset, tmp_path):
     cfg = res["config"]
     assert (cfg["preset"], cfg["model"], cfg["optimizer"], cfg["lr"], cfg["weight_decay"], cfg["batch_size"]) == \
            ("paper", "resnet50", "sgd", 1e-5, 5e-2, 8)
-    assert cfg["pgd_step_rule"] == "authors" and cfg["target_mode"] == "uniform"
+    assert cfg["methods"]["pgd_l2"]["step_rule"] == "authors" and cfg["target_mode"] == "uniform"
     assert {r["method"] for r in res["rows"]} == {"original", *METHODS}
     assert len(pd.read_csv(out / "paper_style.csv")) == 4
     for f in ("fig1_training_variants.png", "fig2_gradcam_worst_group.png", "fig3_saliency.png"):
