@@ -28,9 +28,9 @@ import torch
 __all__ = ['PERTURBATIONS', 'check_choice', 'check_number', 'check_tensor', 'check_labels', 'get_device', 'seed_everything',
            'get_rng_state', 'set_rng_state', 'atomic_write', 'save_json', 'ArtifactError', 'load_json', 'save_torch',
            'load_torch', 'save_artifact', 'move_aside', 'load_artifact', 'file_lock', 'cached_artifact',
-           'checkpoint_path', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'config_hash', 'run_dir',
-           'resolve_config', 'eval_mode', 'model_device', 'register_perturbation', 'make_perturbation', 'save_results',
-           'git_commit', 'run_metadata']
+           'checkpoint_path', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'NameView', 'config_hash',
+           'run_dir', 'resolve_config', 'eval_mode', 'model_device', 'register_perturbation', 'make_perturbation',
+           'save_results', 'git_commit', 'run_metadata']
 
 # %% ../nbs/00_core.ipynb #22337ad4
 def _where(fn: str) -> str: return f"{fn}: " if fn else ""
@@ -504,6 +504,18 @@ def load_checkpoint(path: str | os.PathLike, # a checkpoint file, or a directory
         scheduler.load_state_dict(state["scheduler"])
     if restore_rng: set_rng_state(state["rng"])
     return {"epoch": state["epoch"], "extra": state["extra"], "path": p}
+
+# %% ../nbs/00_core.ipynb #4f296123
+class NameView(Sequence):
+    "A live, read-only tuple-like view of the keys of a registry dict (in registration order)."
+    def __init__(self, registry: Mapping): self._registry = registry
+    def __len__(self) -> int: return len(self._registry)
+    def __getitem__(self, i): return tuple(self._registry)[i]
+    def __contains__(self, name) -> bool: return name in self._registry
+    def __eq__(self, other) -> bool:
+        return tuple(self) == tuple(other) if isinstance(other, (tuple, list, NameView)) else NotImplemented
+    def __hash__(self): return hash(tuple(self))
+    def __repr__(self) -> str: return repr(tuple(self))
 
 # %% ../nbs/00_core.ipynb #67efa69c
 def _canon(o):
