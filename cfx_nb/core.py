@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import numbers
 import os
@@ -25,10 +26,11 @@ import torch
 
 # %% auto #0
 __all__ = ['PERTURBATIONS', 'check_choice', 'check_number', 'check_tensor', 'check_labels', 'get_device', 'seed_everything',
-           'get_rng_state', 'set_rng_state', 'atomic_write', 'save_json', 'load_json', 'save_torch', 'load_torch',
-           'checkpoint_path', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'config_hash', 'run_dir',
-           'resolve_config', 'eval_mode', 'model_device', 'register_perturbation', 'make_perturbation', 'save_results',
-           'git_commit', 'run_metadata']
+           'get_rng_state', 'set_rng_state', 'atomic_write', 'save_json', 'ArtifactError', 'load_json', 'save_torch',
+           'load_torch', 'save_artifact', 'move_aside', 'load_artifact', 'file_lock', 'cached_artifact',
+           'checkpoint_path', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'NameView', 'config_hash',
+           'run_dir', 'resolve_config', 'eval_mode', 'model_device', 'register_perturbation', 'make_perturbation',
+           'save_results', 'git_commit', 'run_metadata']
 
 # %% ../nbs/00_core.ipynb #22337ad4
 def _where(fn: str) -> str: return f"{fn}: " if fn else ""
@@ -189,21 +191,39 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 # %% ../nbs/00_core.ipynb #dda78b0c
+def _umask() -> int:
+    "The process's umask (read from /proc on Linux, so that it is never changed, even for an instant)."
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"): return int(line.split()[1], 8)
+    m = os.umask(0o022); os.umask(m)
+    return m
+
+def _fsync_dir(d: Path) -> None:
+    "Flush a directory's entries (the rename that published a file) to disk; a no-op where directories cannot be opened."
+    with contextlib.suppress(OSError):
+        fd = os.open(d, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, # the final file name
                  mode: str = "wb", # "wb" (bytes) or "w" (text)
                 ):
-    "Context manager yielding a file handle; the file appears at `path` only if the block finishes without error."
+    "Context manager yielding a file handle; the file appears at `path` (mode 0666 & ~umask) only if the block finishes without error."
     check_choice(mode, ["wb", "w"], "mode", "atomic_write")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600: give the file the mode open() would
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
@@ -222,32 +242,224 @@ def save_json(obj: Any, path: str | os.PathLike) -> Path:
     with atomic_write(path, "w") as f: json.dump(obj, f, indent=2, default=_json_default)
     return Path(path)
 
+class ArtifactError(ValueError):
+    "A file that exists but cannot be used: unreadable, truncated, corrupt, or not the artifact that was asked for."
+
 def load_json(path: str | os.PathLike) -> Any:
-    "Read a JSON file."
-    with open(path, encoding="utf-8") as f: return json.load(f)
+    "Read a JSON file; a missing or unreadable file is an error naming it."
+    p = Path(path)
+    if not p.is_file(): raise FileNotFoundError(f"load_json: path={str(p)!r} does not exist")
+    try:
+        with open(p, encoding="utf-8") as f: return json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"load_json: {str(p)!r} is not a readable JSON file ({type(e).__name__}: {e})") from e
 
 def save_torch(obj: Any, path: str | os.PathLike) -> Path:
     "`torch.save` to `path`, atomically."
     with atomic_write(path, "wb") as f: torch.save(obj, f)
     return Path(path)
 
-def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    "`torch.load` with `weights_only=True`: tensors and plain Python types only, never arbitrary pickles."
-    return torch.load(path, map_location=map_location, weights_only=True)
+def _first_line(e: BaseException) -> str: return (str(e).strip().splitlines() or [""])[0][:200]
+
+def _torch_load(path: Path, map_location, fn: str) -> Any:
+    "`torch.load(weights_only=True)`; any failure becomes an `ArtifactError` naming the file (one line, not torch's essay)."
+    if not path.is_file(): raise FileNotFoundError(f"{fn}: path={str(path)!r} does not exist")
+    try: return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, zeroed bytes, a text file, a pickle of arbitrary objects...
+        raise ArtifactError(f"{fn}: {str(path)!r} is not a readable torch file saved by torch.save "
+                            f"(truncated, corrupt, or another format): {type(e).__name__}: {_first_line(e)}") from e
+
+# %% ../nbs/00_core.ipynb #8c59d005
+_ARTIFACT, _DATA = "__cfx_artifact__", "__cfx_data__"
+
+def _cfx_version() -> str:
+    try:
+        from cfx_nb import __version__
+        return __version__
+    except ImportError: return "unknown"
+
+def _content_hash(obj: Any) -> tuple[str, int]:
+    "sha256 and byte size of the content of a nest of dicts, lists, tensors, arrays and plain values."
+    h, size = hashlib.sha256(), 0
+    def walk(o):
+        nonlocal size
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            if t.numel(): h.update(t.reshape(-1).view(torch.uint8).numpy()); size += t.numel() * t.element_size()
+        elif isinstance(o, np.ndarray) and o.dtype != object:
+            a = np.ascontiguousarray(o)
+            h.update(f"A{a.dtype}{a.shape}".encode()); h.update(a.view(np.uint8).reshape(-1)); size += a.nbytes
+        elif isinstance(o, Mapping):
+            h.update(f"D{len(o)}".encode())
+            for k in sorted(o, key=repr): walk(k); walk(o[k])
+        elif isinstance(o, (list, tuple)):
+            h.update(f"{type(o).__name__[0]}{len(o)}".encode())
+            for v in o: walk(v)
+        else:
+            b = f"{type(o).__name__}:{o!r}".encode(); h.update(f"V{len(b)}".encode()); h.update(b); size += len(b)
+    walk(obj)
+    return h.hexdigest(), size
+
+def _pack(obj: Any, key: str) -> dict:
+    "The object as saved: a dict with string keys gets the header as one more entry, anything else is wrapped."
+    digest, size = _content_hash(obj)
+    header = {"key": key, "sha256": digest, "size": size, "cfx_nb": _cfx_version(), "format": 1}
+    if isinstance(obj, dict) and all(isinstance(k, str) for k in obj) and not {_ARTIFACT, _DATA} & set(obj):
+        return {**obj, _ARTIFACT: header}
+    return {_ARTIFACT: header, _DATA: obj}
+
+def _unpack(saved: Any) -> tuple[Any, dict | None]:
+    "(object, header) of a loaded file; header None for a plain torch file."
+    if not (isinstance(saved, dict) and _ARTIFACT in saved): return saved, None
+    if _DATA in saved: return saved[_DATA], saved[_ARTIFACT]
+    return {k: v for k, v in saved.items() if k != _ARTIFACT}, saved[_ARTIFACT]
+
+def _verify(path: Path, obj: Any, header: dict, key: str | None, fn: str) -> Any:
+    "Return `obj` if its content matches the header (and the header's key is `key`), else raise `ArtifactError` naming `path`."
+    if key is not None and header.get("key") != key:
+        raise ArtifactError(f"{fn}: {str(path)!r} holds the artifact with key {header.get('key')!r}, not key={key!r} (a foreign file)")
+    if _content_hash(obj) != (header.get("sha256"), header.get("size")):
+        raise ArtifactError(f"{fn}: the content of {str(path)!r} does not match its recorded sha256 and size (damaged or replaced)")
+    return obj
+
+def _check_key(key: Any, fn: str) -> str:
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"{fn}: key={key!r} must be a non-empty string (e.g. a config_hash plus a chunk index)")
+    return key
+
+# %% ../nbs/00_core.ipynb #c8d6df0a
+_log = logging.getLogger(__name__)
+
+def load_torch(path: str | os.PathLike, # the file
+               map_location: str | torch.device = "cpu", # where tensors are loaded
+              ) -> Any:
+    "`torch.load` with `weights_only=True` (never arbitrary pickles); an artifact's checksum is verified; errors name the file."
+    p = Path(path)
+    obj, header = _unpack(_torch_load(p, map_location, "load_torch"))
+    return obj if header is None else _verify(p, obj, header, None, "load_torch")
+
+def save_artifact(obj: Any, # tensors, dicts, lists and plain values (not None)
+                  path: str | os.PathLike, # the file to write (atomically)
+                  key: str, # what the artifact is: the config hash (and chunk index) it was computed for
+                 ) -> Path:
+    "Atomically `torch.save` `obj` with a header {key, sha256, size, cfx_nb version} embedded in the file."
+    key = _check_key(key, "save_artifact")
+    if obj is None: raise ValueError(f"save_artifact: obj=None cannot be an artifact (None means 'missing' to load_artifact)")
+    return save_torch(_pack(obj, key), path)
+
+def move_aside(path: str | os.PathLike, # a damaged or foreign file
+               reason: str = "", # why, for the warning
+              ) -> Path:
+    "Rename `path` to `<name>.corrupt-<n>` (the first unused n), log a warning naming both, and return the new path."
+    p = Path(path)
+    n = 1
+    while (q := p.with_name(f"{p.name}.corrupt-{n}")).exists(): n += 1
+    with contextlib.suppress(FileNotFoundError): os.replace(p, q)  # another process may have moved it first
+    _log.warning("moved %s aside to %s%s", p, q.name, f" ({reason})" if reason else "")
+    return q
+
+def load_artifact(path: str | os.PathLike, # the file written by `save_artifact`
+                  key: str, # the key it must carry
+                  map_location: str | torch.device = "cpu", # where tensors are loaded
+                 ) -> Any | None:
+    "The object saved at `path` under `key`, or None when missing; a damaged or foreign file is moved aside (warning) and reported missing."
+    p, key = Path(path), _check_key(key, "load_artifact")
+    if p.is_dir(): raise ValueError(f"load_artifact: path={str(p)!r} is a directory, not an artifact file")
+    if not p.exists(): return None
+    try:
+        obj, header = _unpack(_torch_load(p, map_location, "load_artifact"))
+        if header is None: raise ArtifactError(f"load_artifact: {str(p)!r} carries no artifact header (not written by save_artifact)")
+        return _verify(p, obj, header, key, "load_artifact")
+    except ArtifactError as e:
+        move_aside(p, str(e))
+        return None
+
+# %% ../nbs/00_core.ipynb #71683c43
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, # the file to protect; the lock is `path + '.lock'`
+              timeout: float | None = None, # seconds to wait (None: wait forever)
+              poll: float = 0.05, # seconds between attempts
+             ):
+    "Hold an exclusive cross-process lock (fcntl.flock on `path.lock`) for the block; `TimeoutError` naming the lock after `timeout`."
+    import fcntl
+    fn = "file_lock"
+    if not isinstance(path, (str, os.PathLike)): raise ValueError(f"{fn}: path={path!r} must be a file path")
+    if timeout is not None: check_number(timeout, "timeout", fn, ge=0)
+    check_number(poll, "poll", fn, gt=0)
+    lock = Path(f"{os.fspath(path)}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"{fn}: {str(lock)!r} is held by another process; gave up after timeout={timeout} s") from None
+                time.sleep(poll)
+        try: yield lock
+        finally: fcntl.flock(fd, fcntl.LOCK_UN)
+    finally: os.close(fd)
+
+def cached_artifact(path: str | os.PathLike, # the artifact file
+                    key: str, # the key it must carry (see `save_artifact`)
+                    compute: Callable[[], Any], # builds the object when the file is missing or damaged
+                    *,
+                    timeout: float | None = None, # seconds to wait for another job's lock
+                    map_location: str | torch.device = "cpu", # where a loaded artifact's tensors go
+                   ) -> Any:
+    "Load the artifact at `path` if valid, else `compute()` and save it, all under `file_lock`: concurrent jobs compute it once."
+    fn = "cached_artifact"
+    key = _check_key(key, fn)
+    if not callable(compute): raise ValueError(f"{fn}: compute={compute!r} must be a callable taking no arguments")
+    with file_lock(path, timeout=timeout):
+        obj = load_artifact(path, key, map_location)
+        if obj is None:
+            obj = compute()
+            if obj is None: raise ValueError(f"{fn}: compute() returned None for {str(path)!r}; an artifact must be a value")
+            save_artifact(obj, path, key)
+    return obj
 
 # %% ../nbs/00_core.ipynb #452b4b3c
 _CKPT_PREFIX = "epoch_"
+_VERIFIED: dict[Path, tuple] = {}  # checkpoint -> (size, mtime, inode) when it last verified, so a file is hashed once
 
 def checkpoint_path(ckpt_dir: str | os.PathLike, epoch: int) -> Path:
     "The file name of the checkpoint written after `epoch` epochs."
     return Path(ckpt_dir) / f"{_CKPT_PREFIX}{epoch:05d}.pt"
 
-def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
-    "The newest complete checkpoint in `ckpt_dir` (by epoch number), or None."
+def _ckpt_key(epoch: int) -> str: return f"checkpoint/epoch={int(epoch)}"
+
+def _checkpoints(d: Path) -> list[Path]:
+    "The checkpoint files of `d`, newest (highest epoch) first."
+    cands = [p for p in d.glob(f"{_CKPT_PREFIX}*.pt") if p.stem[len(_CKPT_PREFIX):].isdigit()]
+    return sorted(cands, key=lambda p: int(p.stem[len(_CKPT_PREFIX):]), reverse=True)
+
+def _check_checkpoint(p: Path) -> None:
+    "Raise `ArtifactError` naming `p` unless it loads, matches its checksum and holds the epoch its name says."
+    st = p.stat(); sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+    if _VERIFIED.get(p) == sig: return
+    epoch = int(p.stem[len(_CKPT_PREFIX):])
+    obj, header = _unpack(_torch_load(p, "cpu", "latest_checkpoint"))
+    if header is not None: _verify(p, obj, header, _ckpt_key(epoch), "latest_checkpoint")
+    elif not (isinstance(obj, dict) and "model" in obj and obj.get("epoch") == epoch):
+        raise ArtifactError(f"latest_checkpoint: {str(p)!r} is not a checkpoint of epoch {epoch}")
+    _VERIFIED[p] = sig
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike, # directory of the run's checkpoints
+                      verify: bool = True, # load and checksum the candidate; move damaged ones aside
+                     ) -> Path | None:
+    "The newest checkpoint in `ckpt_dir` that is intact, or None; a damaged newer one is moved aside with a warning (the previous one kept is used)."
     d = Path(ckpt_dir)
     if not d.is_dir(): return None
-    cands = [p for p in d.glob(f"{_CKPT_PREFIX}*.pt") if p.stem[len(_CKPT_PREFIX):].isdigit()]
-    return max(cands, key=lambda p: int(p.stem[len(_CKPT_PREFIX):]), default=None)
+    for p in _checkpoints(d):
+        if not verify: return p
+        try:
+            _check_checkpoint(p)
+            return p
+        except ArtifactError as e: move_aside(p, str(e))
+    return None
 
 def save_checkpoint(ckpt_dir: str | os.PathLike, # directory of the run's checkpoints
                     epoch: int, # number of completed epochs
@@ -257,32 +469,32 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, # directory of the run's checkp
                     extra: dict | None = None, # more state (history, EMA weights, ...): tensors and plain types
                     keep: int = 2, # how many of the newest checkpoints to keep
                    ) -> Path:
-    "Atomically write a checkpoint with weights, optimizer, scheduler, epoch and every RNG state."
+    "Atomically write a checkpoint (an artifact with key and checksum) with weights, optimizer, scheduler, epoch and every RNG state."
     check_number(epoch, "epoch", "save_checkpoint", ge=0, integer=True)
     check_number(keep, "keep", "save_checkpoint", ge=1, integer=True)
     state = {"epoch": int(epoch), "model": model.state_dict(), "rng": get_rng_state(), "extra": extra or {}}
     if optimizer is not None: state["optimizer"] = optimizer.state_dict()
     if scheduler is not None: state["scheduler"] = scheduler.state_dict()
-    path = save_torch(state, checkpoint_path(ckpt_dir, epoch))
-    old = sorted(Path(ckpt_dir).glob(f"{_CKPT_PREFIX}*.pt"))
-    for p in old[:-keep]: p.unlink(missing_ok=True)
+    path = save_artifact(state, checkpoint_path(ckpt_dir, epoch), _ckpt_key(epoch))
+    for p in _checkpoints(Path(ckpt_dir))[keep:]: p.unlink(missing_ok=True)
     return path
 
-def load_checkpoint(path: str | os.PathLike, # a checkpoint file, or a directory (its latest checkpoint is used)
+def load_checkpoint(path: str | os.PathLike, # a checkpoint file, or a directory (its newest intact checkpoint is used)
                     model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None,
                     scheduler: Any = None,
                     restore_rng: bool = True, # restore every RNG to its state at save time
                    ) -> dict:
-    "Restore model/optimizer/scheduler (and RNG) in place from a checkpoint; return `{'epoch', 'extra'}`."
+    "Restore model/optimizer/scheduler (and RNG) in place from a checkpoint; return `{'epoch', 'extra', 'path'}`."
     p = Path(path)
     if p.is_dir():
         q = latest_checkpoint(p)
-        if q is None: raise FileNotFoundError(f"load_checkpoint: no checkpoint ({_CKPT_PREFIX}*.pt) in {p}")
+        if q is None: raise FileNotFoundError(f"load_checkpoint: no checkpoint ({_CKPT_PREFIX}*.pt) in {p} that loads intact")
         p = q
     if not p.is_file(): raise FileNotFoundError(f"load_checkpoint: path={str(p)!r} does not exist")
-    dev = next((t.device for t in model.parameters()), torch.device("cpu"))
-    state = load_torch(p, map_location=dev)
+    state = load_torch(p, map_location=next((t.device for t in model.parameters()), torch.device("cpu")))
+    if not (isinstance(state, dict) and {"model", "epoch", "rng"} <= set(state)):
+        raise ArtifactError(f"load_checkpoint: {str(p)!r} is not a checkpoint written by save_checkpoint")
     model.load_state_dict(state["model"])
     if optimizer is not None:
         if "optimizer" not in state: raise ValueError(f"load_checkpoint: {p} holds no optimizer state")
@@ -292,6 +504,18 @@ def load_checkpoint(path: str | os.PathLike, # a checkpoint file, or a directory
         scheduler.load_state_dict(state["scheduler"])
     if restore_rng: set_rng_state(state["rng"])
     return {"epoch": state["epoch"], "extra": state["extra"], "path": p}
+
+# %% ../nbs/00_core.ipynb #4f296123
+class NameView(Sequence):
+    "A live, read-only tuple-like view of the keys of a registry dict (in registration order)."
+    def __init__(self, registry: Mapping): self._registry = registry
+    def __len__(self) -> int: return len(self._registry)
+    def __getitem__(self, i): return tuple(self._registry)[i]
+    def __contains__(self, name) -> bool: return name in self._registry
+    def __eq__(self, other) -> bool:
+        return tuple(self) == tuple(other) if isinstance(other, (tuple, list, NameView)) else NotImplemented
+    def __hash__(self): return hash(tuple(self))
+    def __repr__(self) -> str: return repr(tuple(self))
 
 # %% ../nbs/00_core.ipynb #67efa69c
 def _canon(o):

@@ -5,9 +5,12 @@
 # %% ../nbs/01_data.ipynb #99fe3230
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -16,16 +19,27 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .core import check_choice, check_number, check_tensor, check_labels, config_hash, run_dir, save_torch, load_torch
+from .core import (ArtifactError, NameView, cached_artifact, check_choice, check_labels, check_number, check_tensor,
+                         config_hash, run_dir)
+
+_log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['SPLITS', 'WATERBIRDS_TRAIN_COUNTS', 'SPUCO_TRAIN_MAJORITY', 'SPUCO_TRAIN_MINORITY', 'DATASET_NAMES', 'GroupDataset',
-           'FileGroupDataset', 'load_digits', 'default_cache_dir', 'make_waterbirds_like', 'make_spuco_animals_like',
-           'make_synthetic', 'load_waterbirds', 'load_spuco_animals', 'load_mnist', 'load_fmnist', 'load_cifar10',
-           'load_svhn', 'load_dataset']
+__all__ = ['SPLITS', 'WATERBIRDS_TRAIN_COUNTS', 'SPUCO_TRAIN_MAJORITY', 'SPUCO_TRAIN_MINORITY', 'SPUCO_TREE', 'DATASETS',
+           'DATASET_NAMES', 'GroupDataset', 'FileGroupDataset', 'load_digits', 'default_cache_dir',
+           'make_waterbirds_like', 'make_spuco_animals_like', 'make_synthetic', 'load_waterbirds', 'load_spuco_animals',
+           'load_mnist', 'load_fmnist', 'load_cifar10', 'load_svhn', 'register_dataset', 'load_dataset']
 
 # %% ../nbs/01_data.ipynb #0b311d94
 SPLITS = ("train", "val", "test")
+
+def _check_finite_rows(x: torch.Tensor, name: str, fn: str) -> None:
+    "Raise a `ValueError` naming the first sample of `x` holding a NaN or inf (and how many samples do)."
+    if not x.numel(): return
+    bad = ~torch.isfinite(x.detach().reshape(len(x), -1)).all(1)
+    if bool(bad.any()):
+        raise ValueError(f"{fn}: {name} contains NaN or inf values in {int(bad.sum())} of {len(x)} samples; "
+                         f"the first is index {int(bad.nonzero()[0])}")
 
 class GroupDataset(Dataset):
     "In-memory dataset of `(x, y, group)` items with whole-dataset tensors `.x`, `.y`, `.group`."
@@ -42,7 +56,8 @@ class GroupDataset(Dataset):
                  meta: dict | None = None, # extra per-item tensors or facts (e.g. which objects are ambiguous)
                 ):
         fn = "GroupDataset"
-        check_tensor(x, "x", fn, ndim=(2, 4), floating=True)
+        check_tensor(x, "x", fn, ndim=(2, 4), floating=True, finite=False)
+        _check_finite_rows(x, "x", fn)
         if x.ndim == 4: check_tensor(x, "x", fn, lo=0, hi=1)
         self.n_classes = check_number(n_classes, "n_classes", fn, ge=1, integer=True)
         y = check_labels(y, "y", self.n_classes, fn, n=len(x)).long()
@@ -95,8 +110,12 @@ class FileGroupDataset(Dataset):
                  size: int = 224, # output size of the default transform
                  name: str = "", # a short description
                 ):
+        fn = "FileGroupDataset"
         self.paths = [Path(p) for p in paths]
-        self.y, self.group = torch.as_tensor(y, dtype=torch.long), torch.as_tensor(group, dtype=torch.long)
+        n_classes = check_number(n_classes, "n_classes", fn, ge=1, integer=True)
+        n_groups = check_number(n_groups, "n_groups", fn, ge=1, integer=True)
+        self.y = check_labels(torch.as_tensor(y, dtype=torch.long), "y", n_classes, fn, n=len(self.paths))
+        self.group = check_labels(torch.as_tensor(group, dtype=torch.long), "group", n_groups, fn, n=len(self.paths))
         self.n_classes, self.n_groups = n_classes, n_groups
         self.class_names, self.group_names, self.name, self.size = tuple(class_names), tuple(group_names), name, size
         self.transform = transform or _image_transform(size)
@@ -104,9 +123,20 @@ class FileGroupDataset(Dataset):
     def __len__(self) -> int: return len(self.paths)
 
     def __getitem__(self, i):
-        from PIL import Image
-        with Image.open(self.paths[i]) as im: x = self.transform(im.convert("RGB"))
-        return x, self.y[i], self.group[i]
+        return self.decode(i), self.y[i], self.group[i]
+
+    def decode(self, i: int) -> torch.Tensor:
+        "Image `i` through the transform; a missing, truncated or corrupt file is an error naming it."
+        from PIL import Image, UnidentifiedImageError
+        p = self.paths[i]
+        try:
+            with Image.open(p) as im: rgb = im.convert("RGB")  # convert() decodes every byte: truncation shows here
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"FileGroupDataset: image {str(p)!r} (item {i}) does not exist") from e
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise ArtifactError(f"FileGroupDataset: cannot decode image {str(p)!r} (item {i}; truncated or corrupt?): "
+                                f"{type(e).__name__}: {e}") from e
+        return self.transform(rgb)
 
     def group_counts(self) -> torch.Tensor: return torch.bincount(self.group, minlength=self.n_groups)
 
@@ -124,7 +154,7 @@ class FileGroupDataset(Dataset):
         "Decode every image into one `GroupDataset` (mind the memory: 224 px RGB is 0.6 MB per image)."
         from tqdm.auto import tqdm
         num_workers = check_number(num_workers, "num_workers", "FileGroupDataset.load", ge=0, integer=True)
-        get = lambda i: self[i][0]
+        get = self.decode
         if num_workers:
             from concurrent.futures import ThreadPoolExecutor
             with ThreadPoolExecutor(num_workers) as ex:
@@ -291,11 +321,9 @@ def _generate(cfg: dict, split: str) -> dict:
 
 def _make_spurious(cfg: dict, split: str, cache_dir, cache: bool) -> GroupDataset:
     "Generate (or read from the cache) one split and wrap it as a `GroupDataset`."
-    if cache:
+    if cache:  # under a file lock, checksummed: concurrent jobs generate a split once; a damaged file is regenerated
         d = run_dir(Path(cache_dir) if cache_dir is not None else default_cache_dir(), cfg["name"], cfg)
-        f = d / f"{split}.pt"
-        if f.is_file(): data = load_torch(f)
-        else: data = _generate(cfg, split); save_torch(data, f)
+        data = cached_artifact(d / f"{split}.pt", f"{config_hash(cfg)}/{split}", lambda: _generate(cfg, split))
     else: data = _generate(cfg, split)
     return GroupDataset(data["x"].float() / 255, data["y"], data["group"], n_classes=len(cfg["class_names"]),
                         n_groups=2 * len(cfg["class_names"]), class_names=cfg["class_names"], group_names=cfg["group_names"],
@@ -411,6 +439,50 @@ _WB_LAYOUT = ("a folder with metadata.csv (columns img_id, img_filename, y, spli
 _WB_SOURCE = ("the WaterBirds release (github.com/kohpangwei/group_DRO, file waterbird_complete95_forest2water2.tar.gz) "
               "or WILDS (waterbirds_v1.0)")
 
+_WB_COLUMNS = {"y": {0: "landbird", 1: "waterbird"}, "place": {0: "land", 1: "water"},
+               "split": {0: "train", 1: "val", 2: "test"}}
+
+def _read_csv(path: Path, fn: str):
+    "All cells of a CSV file as strings; an empty or unparsable file is an error naming it."
+    import pandas as pd
+    try: return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError as e: raise ValueError(f"{fn}: {str(path)!r} is empty; expected {_WB_LAYOUT}") from e
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
+        raise ValueError(f"{fn}: {str(path)!r} is not a readable CSV file ({type(e).__name__}: {e})") from e
+
+def _int_cells(meta, col: str, path: Path, fn: str) -> list[int]:
+    "The integer codes of column `col`, each checked against `_WB_COLUMNS[col]`; a bad cell is an error naming its line."
+    allowed = _WB_COLUMNS[col]
+    want = ", ".join(f"{k} ({v})" for k, v in allowed.items())
+    out = []
+    for i, cell in enumerate(meta[col].tolist()):
+        v = cell.strip()
+        if not re.fullmatch(r"[+-]?\d+(\.0*)?", v) or int(float(v)) not in allowed:
+            what = "is empty" if not v else f"has {col}={cell!r}"
+            raise ValueError(f"{fn}: {str(path)!r} line {i + 2} {what}; allowed values of {col}: {want}")
+        out.append(int(float(v)))
+    return out
+
+def _relative_files(meta, path: Path, fn: str) -> list[str]:
+    "The img_filename cells, each a non-empty relative path that stays inside the dataset folder."
+    out = []
+    for i, f in enumerate(meta["img_filename"].tolist()):
+        norm = os.path.normpath(f) if f.strip() else ""
+        if not norm or os.path.isabs(norm) or re.match(r"^[A-Za-z]:", norm) or norm.split(os.sep)[0] == "..":
+            raise ValueError(f"{fn}: {str(path)!r} line {i + 2} has img_filename={f!r}; allowed: a non-empty path relative "
+                             f"to the dataset folder that stays inside it (no absolute path, no '..')")
+        out.append(norm)
+    return out
+
+def _read_waterbirds_metadata(base: Path, fn: str) -> dict[str, list]:
+    "Every row of `base/metadata.csv`, validated before anything is loaded: columns `img_filename`, `y`, `place`, `split`."
+    path = base / "metadata.csv"
+    meta = _read_csv(path, fn)
+    missing = {"img_filename", "y", "split", "place"} - set(meta.columns)
+    if missing: raise ValueError(f"{fn}: {path} lacks columns {sorted(missing)}; expected {_WB_LAYOUT}")
+    if not len(meta): raise ValueError(f"{fn}: {str(path)!r} has a header but no rows; expected {_WB_LAYOUT}")
+    return {"img_filename": _relative_files(meta, path, fn), **{c: _int_cells(meta, c, path, fn) for c in ("y", "place", "split")}}
+
 def _find_metadata(root: Path) -> Path | None:
     for cand in [root, root / "waterbird_complete95_forest2water2", root / "waterbirds_v1.0"]:
         if (cand / "metadata.csv").is_file(): return cand
@@ -424,8 +496,7 @@ def load_waterbirds(root: str | os.PathLike, # the WaterBirds folder (holding me
                     transform: Callable | None = None, # replaces the default PIL -> tensor preprocessing
                     check_files: bool = True, # fail early if any image of the split is missing
                    ) -> FileGroupDataset | GroupDataset:
-    "WaterBirds from its metadata.csv; items (image in [0,1], y, group = 2·y + place)."
-    import pandas as pd
+    "WaterBirds from its metadata.csv (every row validated first); items (image in [0,1], y, group = 2·y + place)."
     fn = "load_waterbirds"
     _check_split(split, fn)
     size = check_number(size, "size", fn, ge=8, integer=True)
@@ -434,47 +505,23 @@ def load_waterbirds(root: str | os.PathLike, # the WaterBirds folder (holding me
     if base is None:
         raise FileNotFoundError(f"{fn}: no metadata.csv in {str(root)!r} (or its waterbird_complete95_forest2water2/, waterbirds_v1.0/). "
                                 f"Expected layout: {_WB_LAYOUT}. Get it from {_WB_SOURCE}.")
-    meta = pd.read_csv(base / "metadata.csv")
-    missing = {"img_filename", "y", "split", "place"} - set(meta.columns)
-    if missing: raise ValueError(f"{fn}: {base / 'metadata.csv'} lacks columns {sorted(missing)}; expected {_WB_LAYOUT}")
-    meta = meta[meta["split"] == SPLITS.index(split)]
-    paths = [base / f for f in meta["img_filename"]]
+    meta = _read_waterbirds_metadata(base, fn)
+    rows = [i for i, s in enumerate(meta["split"]) if s == SPLITS.index(split)]
+    if not rows: raise ValueError(f"{fn}: {str(base / 'metadata.csv')!r} has no rows of split={split!r} (code {SPLITS.index(split)})")
+    paths = [base / meta["img_filename"][i] for i in rows]
     if check_files:
         absent = [str(p) for p in paths if not p.is_file()]
         if absent: raise FileNotFoundError(f"{fn}: {len(absent)} of {len(paths)} {split} images listed in metadata.csv are missing, "
                                            f"e.g. {absent[:3]}. Expected layout: {_WB_LAYOUT}.")
-    y = torch.tensor(meta["y"].to_numpy(), dtype=torch.long)
-    place = torch.tensor(meta["place"].to_numpy(), dtype=torch.long)
+    y = torch.tensor([meta["y"][i] for i in rows], dtype=torch.long)
+    place = torch.tensor([meta["place"][i] for i in rows], dtype=torch.long)
     ds = FileGroupDataset(paths, y, 2 * y + place, n_classes=2, n_groups=4, class_names=["landbird", "waterbird"],
                           group_names=["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"],
                           transform=transform, size=size, name=f"waterbirds/{split}")
     return ds.load(progress=False) if in_memory else ds
 
-# %% ../nbs/01_data.ipynb #850833c2
-def _write_waterbirds_fixture(root: str | os.PathLike, # where to write
-                              n_per_group: int = 2, # images per (split, group)
-                              size: int = 40, # JPEG size in pixels
-                             ) -> Path:
-    "Write a tiny dataset in WaterBirds' on-disk format (for tests and demos); returns its folder."
-    import pandas as pd
-    from PIL import Image
-    root = Path(root); rows = []
-    rng = np.random.default_rng(0)
-    for s in range(3):
-        for yv in range(2):
-            for pl in range(2):
-                for k in range(n_per_group):
-                    rel = f"{yv:03d}.{'Landbird' if yv == 0 else 'Waterbird'}/img_{s}_{pl}_{k}.jpg"
-                    (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                    arr = np.clip(rng.normal([60 + 120 * pl, 140, 60 + 120 * yv], 20, (size, size, 3)), 0, 255).astype(np.uint8)
-                    Image.fromarray(arr).save(root / rel, quality=90)
-                    rows.append({"img_id": len(rows) + 1, "img_filename": rel, "y": yv, "split": s, "place": pl,
-                                 "place_filename": f"/x/{pl}.jpg"})
-    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
-    return root
-
 # %% ../nbs/01_data.ipynb #3d774261
-_SPUCO_TREE = {"birds": ("spuco_birds", ("landbirds", "waterbirds"), ("land", "water")),
+SPUCO_TREE = {"birds": ("spuco_birds", ("landbirds", "waterbirds"), ("land", "water")),
                "dogs": ("spuco_dogs", ("small_dogs", "big_dogs"), ("indoor", "outdoor"))}
 _SPUCO_SOURCE = "spuco (github.com/BigML-CS-UCLA/SpuCo; SpuCoAnimals downloads spuco_birds and spuco_dogs)"
 _IMG_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -494,11 +541,11 @@ def load_spuco_animals(root: str | os.PathLike, # folder holding spuco_birds/ an
     size = check_number(size, "size", fn, ge=8, integer=True)
     check_choice(in_memory, [True, False], "in_memory", fn)
     pairs = ["birds", "dogs"] if subset == "animals" else [subset]
-    layout = " and ".join(f"{_SPUCO_TREE[p][0]}/{{train,val,test}}/{{{','.join(_SPUCO_TREE[p][1])}}}/{{{','.join(_SPUCO_TREE[p][2])}}}/*.jpg" for p in pairs)
+    layout = " and ".join(f"{SPUCO_TREE[p][0]}/{{train,val,test}}/{{{','.join(SPUCO_TREE[p][1])}}}/{{{','.join(SPUCO_TREE[p][2])}}}/*.jpg" for p in pairs)
     r = _check_root(root, fn, layout, _SPUCO_SOURCE)
     paths, ys, groups = [], [], []
     for pi, p in enumerate(pairs):
-        top, classes, ctxs = _SPUCO_TREE[p]
+        top, classes, ctxs = SPUCO_TREE[p]
         base = r / top if (r / top).is_dir() else (r if len(pairs) == 1 and r.name == top else None)
         if base is None or not (base / split).is_dir():
             raise FileNotFoundError(f"{fn}: {str(r / top / split)!r} not found. Expected layout under root: {layout}. Get it from {_SPUCO_SOURCE}.")
@@ -508,31 +555,18 @@ def load_spuco_animals(root: str | os.PathLike, # folder holding spuco_birds/ an
                 if not d.is_dir():
                     raise FileNotFoundError(f"{fn}: folder {str(d)!r} is missing. Expected layout under root: {layout}.")
                 files = sorted(f for f in d.iterdir() if f.suffix.lower() in _IMG_EXT)
+                if not files: _log.warning("%s: folder %s holds no images (%s)", fn, d, ", ".join(sorted(_IMG_EXT)))
                 yv = 2 * pi + ci
                 paths += files; ys += [yv] * len(files); groups += [2 * yv + ai] * len(files)
+    if not paths:
+        raise FileNotFoundError(f"{fn}: no images ({', '.join(sorted(_IMG_EXT))}) in any class/context folder of split={split!r} "
+                                f"under {str(r)!r}. Expected layout under root: {layout}.")
     names = [_SPUCO["class_names"][c] for c in _SPUCO_SUBSETS[subset]]
     gnames = [f"{_SPUCO['class_names'][c]}/{a}" for c in _SPUCO_SUBSETS[subset] for a in _SPUCO["contexts"][c]]
     ds = FileGroupDataset(paths, torch.tensor(ys, dtype=torch.long), torch.tensor(groups, dtype=torch.long),
                           n_classes=len(names), n_groups=2 * len(names), class_names=names, group_names=gnames,
                           transform=transform, size=size, name=f"spuco_{subset}/{split}")
     return ds.load(progress=False) if in_memory else ds
-
-# %% ../nbs/01_data.ipynb #2409018e
-def _write_spuco_fixture(root: str | os.PathLike, # where to write (spuco_birds/ and spuco_dogs/ are created inside)
-                         n: int = 2, # images per leaf folder
-                         size: int = 24, # JPEG size
-                        ) -> Path:
-    "Write a tiny SpuCoAnimals tree in spuco's layout (for tests and demos); returns `root`."
-    from PIL import Image
-    root = Path(root); rng = np.random.default_rng(0)
-    for p, (top, classes, ctxs) in _SPUCO_TREE.items():
-        for s in SPLITS:
-            for c in classes:
-                for a in ctxs:
-                    d = root / top / s / c / a; d.mkdir(parents=True, exist_ok=True)
-                    for k in range(n):
-                        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(d / f"{k}.jpg")
-    return root
 
 # %% ../nbs/01_data.ipynb #ca98ee55
 _TV = {
@@ -615,55 +649,72 @@ def load_svhn(root: str | os.PathLike, # folder holding train_32x32.mat and test
     "SVHN (cropped digits) as a GroupDataset (N×3×32×32 in [0,1], group = y)."
     return _load_torchvision("svhn", root, split, download, val_size, seed, "load_svhn")
 
-# %% ../nbs/01_data.ipynb #519b8604
-def _write_idx(path: Path, arr: np.ndarray) -> None:
-    "Write a uint8 array in the IDX format of MNIST (magic 0x0000 08 ndim, big-endian dims, data)."
-    import struct
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(struct.pack(">I", 0x0800 | arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(np.uint8).tobytes())
-
-def _write_mnist_fixture(root: str | os.PathLike, # where to write (MNIST/raw/ is created inside)
-                         n_train: int = 20, n_test: int = 10, # image counts
-                         folder: str = "MNIST", # "MNIST" or "FashionMNIST"
-                        ) -> Path:
-    "Write tiny MNIST-format IDX files (for tests); image i has all pixels equal to 10·label."
-    raw = Path(root) / folder / "raw"
-    for pre, n in [("train", n_train), ("t10k", n_test)]:
-        lab = np.arange(n) % 10
-        _write_idx(raw / f"{pre}-images-idx3-ubyte", np.repeat(lab * 10, 28 * 28).reshape(n, 28, 28))
-        _write_idx(raw / f"{pre}-labels-idx1-ubyte", lab)
-    return Path(root)
-
 # %% ../nbs/01_data.ipynb #910d813e
-DATASET_NAMES = ("digits", "waterbirds", "spuco_animals", "spuco_dogs", "spuco_birds", "mnist", "fmnist", "cifar10", "svhn",
-                 "synthetic_uniform", "synthetic_gaussian")
+DATASETS: dict[str, Callable[..., Dataset]] = {}
+DATASET_NAMES = NameView(DATASETS)  # live: a dataset registered later appears here
+
+def register_dataset(name: str, # the dataset's name, as notebooks and `load_dataset` spell it
+                    ) -> Callable:
+    "Decorator: register `reader(split, data_root, **kw) -> dataset` under `name` (data_root None: an embedded default)."
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_\-]*", name):
+        raise ValueError(f"register_dataset: name={name!r} must be a lower-case identifier such as 'my_dataset'")
+    def deco(reader: Callable) -> Callable:
+        if not callable(reader): raise ValueError(f"register_dataset: reader={reader!r} for {name!r} must be callable")
+        DATASETS[name] = reader
+        return reader
+    return deco
 
 def load_dataset(name: str, # one of DATASET_NAMES
                  split: str, # "train", "val" or "test"
                  data_root: str | os.PathLike | None = None, # None: the embedded default; a path: the real dataset
                  **kw, # passed on to the loader or generator (size, seed, scale, in_memory, download, ...)
                 ) -> GroupDataset | FileGroupDataset:
-    "The dataset `name` (embedded default when `data_root` is None), split `split`."
+    "The registered dataset `name` (embedded default when `data_root` is None), split `split`."
     fn = "load_dataset"
-    check_choice(name, list(DATASET_NAMES), "name", fn)
+    check_choice(name, list(DATASETS), "name", fn)
     _check_split(split, fn)
-    if name == "digits":
-        if data_root is not None: raise ValueError(f"{fn}: 'digits' is bundled with scikit-learn; data_root must be None, got {data_root!r}")
-        return load_digits(split, **kw)
-    if name.startswith("synthetic_"):
-        if data_root is not None: raise ValueError(f"{fn}: {name!r} is generated; data_root must be None, got {data_root!r}")
-        seed = kw.pop("seed", 0)
-        seed = check_number(seed, "seed", fn, ge=0, integer=True)
-        return make_synthetic(name.split("_")[1], seed=seed * 3 + SPLITS.index(split), **kw)
-    if name == "waterbirds":
-        return make_waterbirds_like(split, **kw) if data_root is None else load_waterbirds(data_root, split, **kw)
-    if name.startswith("spuco_"):
-        subset = name.split("_")[1]
-        return (make_spuco_animals_like(split, subset=subset, **kw) if data_root is None
-                else load_spuco_animals(data_root, split, subset=subset, **kw))
+    return DATASETS[name](split, data_root, **kw)
+
+# %% ../nbs/01_data.ipynb #b507e7d0
+def _no_root(name: str, data_root, why: str) -> None:
+    if data_root is not None: raise ValueError(f"load_dataset: {name!r} {why}; data_root must be None, got {data_root!r}")
+
+@register_dataset("digits")
+def _digits_reader(split: str, data_root=None, **kw) -> GroupDataset:
+    _no_root("digits", data_root, "is bundled with scikit-learn")
+    return load_digits(split, **kw)
+
+@register_dataset("waterbirds")
+def _waterbirds_reader(split: str, data_root=None, **kw) -> GroupDataset | FileGroupDataset:
+    return make_waterbirds_like(split, **kw) if data_root is None else load_waterbirds(data_root, split, **kw)
+
+def _spuco_reader(subset: str, split: str, data_root=None, **kw) -> GroupDataset | FileGroupDataset:
+    return (make_spuco_animals_like(split, subset=subset, **kw) if data_root is None
+            else load_spuco_animals(data_root, split, subset=subset, **kw))
+
+def _torchvision_reader(name: str, split: str, data_root=None, **kw) -> GroupDataset:
     if data_root is None:
-        raise ValueError(f"{fn}: {name!r} has no embedded copy and data_root=None; pass data_root=PATH to a folder with "
+        raise ValueError(f"load_dataset: {name!r} has no embedded copy and data_root=None; pass data_root=PATH to a folder with "
                          f"{_TV[name][1]} (or download=True with data_root where a network exists). The embedded offline "
                          f"substitute is 'digits' (scikit-learn's 8×8 handwritten digits).")
     return {"mnist": load_mnist, "fmnist": load_fmnist, "cifar10": load_cifar10, "svhn": load_svhn}[name](data_root, split, **kw)
+
+def _synthetic_reader(kind: str, split: str, data_root=None, **kw) -> GroupDataset:
+    _no_root(f"synthetic_{kind}", data_root, "is generated")
+    seed = check_number(kw.pop("seed", 0), "seed", "load_dataset", ge=0, integer=True)
+    return make_synthetic(kind, seed=seed * 3 + SPLITS.index(split), **kw)
+
+for _s in ("animals", "dogs", "birds"): register_dataset(f"spuco_{_s}")(functools.partial(_spuco_reader, _s))
+for _s in ("mnist", "fmnist", "cifar10", "svhn"): register_dataset(_s)(functools.partial(_torchvision_reader, _s))
+for _s in ("uniform", "gaussian"): register_dataset(f"synthetic_{_s}")(functools.partial(_synthetic_reader, _s))
+
+# %% ../nbs/01_data.ipynb #81887c65
+_MOVED = {"_write_waterbirds_fixture": "write_waterbirds_fixture", "_write_spuco_fixture": "write_spuco_fixture",
+          "_write_mnist_fixture": "write_mnist_fixture", "_write_idx": "write_idx"}
+
+def __getattr__(name: str):
+    "Resolve the fixture writers' old names (now in `cfx_nb.testing`) lazily, without a circular import."
+    if name in _MOVED:
+        from cfx_nb import testing
+        return getattr(testing, _MOVED[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,18 +9,19 @@ import math
 import os
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import check_choice, check_number, load_torch
+from .core import ArtifactError, NameView, check_choice, check_number, load_torch
 
 # %% auto #0
-__all__ = ['DATASET_STATS', 'MODEL_NAMES', 'Normalize', 'SmallCNN', 'WideResNet', 'NormalizedNet', 'resnet50',
-           'OneHiddenLayerNet', 'make_model', 'target_layer']
+__all__ = ['DATASET_STATS', 'MODELS', 'MODEL_NAMES', 'Normalize', 'SmallCNN', 'WideResNet', 'NormalizedNet', 'resnet50',
+           'OneHiddenLayerNet', 'ModelSpec', 'register_model', 'model_spec', 'make_model', 'target_layer']
 
 # %% ../nbs/02_models.ipynb #75dfce89
 DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -229,13 +230,30 @@ def resnet50(n_classes: int = 2, # size of the new classification head
                                     f"where a network exists, or pass allow_random_init=True to start from random weights.")
         if state is None:
             warnings.warn(f"resnet50: ImageNet weights unavailable; the model starts from RANDOM weights (allow_random_init=True)")
-    elif path is not None: state = _clean_state_dict(load_torch(path))
-    has_head = state is not None and "fc.weight" in state and state["fc.weight"].shape[0] == n_classes
-    if state is not None and not has_head:
-        net.load_state_dict(state)  # strict: a 1000-way ImageNet checkpoint must match exactly
-    net.fc = nn.Linear(net.fc.in_features, n_classes)
-    if has_head: net.load_state_dict(state)
+    elif path is not None: state = _read_weights(path, fn)
+    _load_weights(net, state, n_classes, path or weights, fn)
     return NormalizedNet(net, mean, std)
+
+def _read_weights(path: Path, fn: str) -> dict:
+    "The state dict in a weights file; a file that is not one is an error naming it (not torch's unpickling essay)."
+    try: sd = load_torch(path)
+    except ArtifactError as e:
+        raise ArtifactError(f"{fn}: weights={str(path)!r} is not a checkpoint or state dict saved by torch.save ({e})") from e
+    if not isinstance(sd, dict) or not (sd := _clean_state_dict(sd)):
+        raise ArtifactError(f"{fn}: weights={str(path)!r} holds no state dict (a dict of tensors, or a checkpoint with 'model'/'state_dict')")
+    return sd
+
+def _load_weights(net: nn.Module, state: dict | None, n_classes: int, source, fn: str) -> None:
+    "Load `state` into torchvision's ResNet-50 (ImageNet 1000-way head, or an `n_classes`-way one) and put the `n_classes` head on."
+    has_head = state is not None and "fc.weight" in state and state["fc.weight"].shape[0] == n_classes
+    try:
+        if state is not None and not has_head:
+            net.load_state_dict(state)  # strict: a 1000-way ImageNet checkpoint must match exactly
+        net.fc = nn.Linear(net.fc.in_features, n_classes)
+        if has_head: net.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{fn}: weights={str(source)!r} do not fit a ResNet-50 with a {n_classes}-way head: "
+                         f"{str(e).strip().splitlines()[0][:300]}") from e
 
 # %% ../nbs/02_models.ipynb #583f9695
 class OneHiddenLayerNet(nn.Module):
@@ -268,38 +286,91 @@ class OneHiddenLayerNet(nn.Module):
         return torch.stack([torch.zeros_like(out), out], 1) if self.two_class else out
 
 # %% ../nbs/02_models.ipynb #aaaac8ed
-MODEL_NAMES = ("small_cnn", "wrn-<depth>-<k>", "resnet50", "one_hidden")
+@dataclass(frozen=True)
+class ModelSpec:
+    "A registered model: how to build it, and which layer Grad-CAM looks at."
+    name: str # the name MODEL_NAMES lists
+    build: Callable[..., nn.Module] # build(n_classes, in_channels, image_size, **kw) -> model taking [0,1] input
+    target_layer: Callable[[nn.Module], nn.Module] | None = None # model -> the layer whose activations Grad-CAM uses
+    aliases: tuple[str, ...] = () # other spellings accepted by make_model
+    pattern: str | None = None # a regex for a family of names; its named groups are passed to build as int keywords
+    cls: type | None = None # models of this class belong to the spec (for target_layer on a model built directly)
 
-def make_model(name: str, # "small_cnn", "wrn-<depth>-<k>" (e.g. "wrn-28-10"), "resnet50" or "one_hidden"
+MODELS: dict[str, ModelSpec] = {}
+MODEL_NAMES = NameView(MODELS)  # live: a model registered later appears here
+
+def _key(name: str) -> str: return name.lower().replace("_", "-")
+
+def register_model(name: str, # the name notebooks use, e.g. "small_cnn" or "wrn-<depth>-<k>" for a family
+                   *,
+                   target_layer: Callable[[nn.Module], nn.Module] | None = None, # model -> its Grad-CAM layer
+                   aliases: Sequence[str] = (), # other accepted spellings
+                   pattern: str | None = None, # regex matching a family of names (named groups -> int keywords)
+                   cls: type | None = None, # the class the constructor returns, if target_layer should recognise it
+                  ) -> Callable:
+    "Decorator: register `constructor(n_classes, in_channels, image_size, **kw) -> nn.Module` under `name`."
+    if not isinstance(name, str) or not name: raise ValueError(f"register_model: name={name!r} must be a non-empty string")
+    if target_layer is not None and not callable(target_layer):
+        raise ValueError(f"register_model: target_layer={target_layer!r} for {name!r} must be a callable model -> layer")
+    if pattern is not None: re.compile(pattern)
+    def deco(constructor: Callable) -> Callable:
+        MODELS[name] = ModelSpec(name, constructor, target_layer, tuple(aliases), pattern, cls)
+        return constructor
+    return deco
+
+def model_spec(name: str, # a registered name, alias, or a member of a family ("wrn-28-10")
+               fn: str = "model_spec", # the caller, for the message
+              ) -> tuple[ModelSpec, dict]:
+    "The spec for `name` and the keywords its family pattern extracts; a ValueError listing MODEL_NAMES if unknown."
+    if isinstance(name, str):
+        key = _key(name)
+        for spec in MODELS.values():
+            if key in {_key(spec.name), *map(_key, spec.aliases)}: return spec, {}
+            if spec.pattern and (m := re.fullmatch(spec.pattern, key)): return spec, {k: int(v) for k, v in m.groupdict().items()}
+    raise ValueError(f"{fn}: name={name!r} is not one of {', '.join(map(repr, MODEL_NAMES))}")
+
+def make_model(name: str, # "small_cnn", "wrn-<depth>-<k>" (e.g. "wrn-28-10"), "resnet50", "one_hidden" or any registered name
                n_classes: int = 10, # number of classes (for "one_hidden": 1 = scalar f, 2 = logits [0, f])
                in_channels: int = 1, # image channels
                image_size: int = 28, # image height = width
                **kw, # further keyword arguments for the model's constructor (mean, std, dropout, weights, ...)
               ) -> nn.Module:
-    "Build one of the project's models by name; every image model takes [0,1] input."
+    "Build a registered model by name; every image model takes [0,1] input. The model remembers its spec's name."
     fn = "make_model"
-    if not isinstance(name, str):
-        raise ValueError(f"{fn}: name={name!r} is not one of {', '.join(map(repr, MODEL_NAMES))}")
+    spec, family = model_spec(name, fn)
     n_classes = check_number(n_classes, "n_classes", fn, ge=1, integer=True)
     in_channels = check_number(in_channels, "in_channels", fn, ge=1, integer=True)
     image_size = check_number(image_size, "image_size", fn, ge=1, integer=True)
-    key = name.lower().replace("_", "-")
-    if key in ("small-cnn", "smallcnn", "convnet"): return SmallCNN(in_channels, n_classes, image_size, **kw)
-    if (m := re.fullmatch(r"wrn-(\d+)-(\d+)", key)):
-        return WideResNet(int(m[1]), int(m[2]), n_classes, in_channels=in_channels, **kw)
-    if key in ("wrn", "wideresnet", "wide-resnet"): return WideResNet(n_classes=n_classes, in_channels=in_channels, **kw)
-    if key == "resnet50":
-        if in_channels != 3: raise ValueError(f"{fn}: resnet50 takes RGB input, got in_channels={in_channels}; allowed: 3")
-        return resnet50(n_classes, **kw)
-    if key in ("one-hidden", "one-hidden-layer", "onehiddenlayernet"):
-        if n_classes > 2: raise ValueError(f"{fn}: one_hidden is a binary model, got n_classes={n_classes}; allowed: 1 (scalar f) or 2 (logits [0, f])")
-        kw.setdefault("d", in_channels * image_size * image_size)
-        return OneHiddenLayerNet(two_class=n_classes == 2, **kw)
-    raise ValueError(f"{fn}: name={name!r} is not one of {', '.join(map(repr, MODEL_NAMES))}")
+    model = spec.build(n_classes, in_channels, image_size, **family, **kw)
+    model.cfx_model_name = spec.name
+    return model
 
 def target_layer(model: nn.Module) -> nn.Module:
-    "The layer whose activations Grad-CAM uses for a cfx_nb model (the last convolutional block)."
-    if isinstance(model, SmallCNN): return model.conv5
-    if isinstance(model, WideResNet): return model.block3[-1]
-    if isinstance(model, NormalizedNet) and hasattr(model.net, "layer4"): return model.net.layer4[-1]
+    "The layer whose activations Grad-CAM uses, as the model's registered spec says (the last convolutional block)."
+    spec = MODELS.get(getattr(model, "cfx_model_name", None))
+    if spec is None: spec = next((s for s in MODELS.values() if s.cls is not None and isinstance(model, s.cls)), None)
+    try:
+        if spec is not None and spec.target_layer is not None: return spec.target_layer(model)
+    except (AttributeError, IndexError, TypeError): pass
     raise ValueError(f"target_layer: no known Grad-CAM layer for a {type(model).__name__}; pass the layer explicitly")
+
+# %% ../nbs/02_models.ipynb #1fe90a74
+@register_model("small_cnn", target_layer=lambda m: m.conv5, aliases=("smallcnn", "convnet"), cls=SmallCNN)
+def _small_cnn(n_classes: int, in_channels: int, image_size: int, **kw) -> SmallCNN:
+    return SmallCNN(in_channels, n_classes, image_size, **kw)
+
+@register_model("wrn-<depth>-<k>", target_layer=lambda m: m.block3[-1], aliases=("wrn", "wideresnet", "wide-resnet"),
+                pattern=r"wrn-(?P<depth>\d+)-(?P<widen_factor>\d+)", cls=WideResNet)
+def _wrn(n_classes: int, in_channels: int, image_size: int, **kw) -> WideResNet:
+    return WideResNet(n_classes=n_classes, in_channels=in_channels, **kw)
+
+@register_model("resnet50", target_layer=lambda m: m.net.layer4[-1], cls=NormalizedNet)
+def _resnet50(n_classes: int, in_channels: int, image_size: int, **kw) -> NormalizedNet:
+    if in_channels != 3: raise ValueError(f"make_model: resnet50 takes RGB input, got in_channels={in_channels}; allowed: 3")
+    return resnet50(n_classes, **kw)
+
+@register_model("one_hidden", aliases=("one-hidden-layer", "onehiddenlayernet"), cls=OneHiddenLayerNet)
+def _one_hidden(n_classes: int, in_channels: int, image_size: int, **kw) -> OneHiddenLayerNet:
+    if n_classes > 2: raise ValueError(f"make_model: one_hidden is a binary model, got n_classes={n_classes}; allowed: 1 (scalar f) or 2 (logits [0, f])")
+    kw.setdefault("d", in_channels * image_size * image_size)
+    return OneHiddenLayerNet(two_class=n_classes == 2, **kw)

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cfx_nb import data as D
+from cfx_nb import testing as T
 
 
 # --- GroupDataset ---------------------------------------------------------------------------------
@@ -55,7 +56,8 @@ def test_waterbirds_like_deterministic_and_cached(wb):
     fresh = D.make_waterbirds_like("train", cache=False)
     assert torch.equal(again.x, d["train"].x) and torch.equal(fresh.x, d["train"].x) and torch.equal(fresh.group, d["train"].group)
     dirs = [p for p in cache.iterdir() if p.name.startswith("waterbirds_like-")]
-    assert len(dirs) == 1 and {p.name for p in dirs[0].iterdir()} == {"config.json", "train.pt", "val.pt", "test.pt"}
+    files = {p.name for p in dirs[0].iterdir() if p.suffix != ".lock"}  # (plus the lock file of each split)
+    assert len(dirs) == 1 and files == {"config.json", "train.pt", "val.pt", "test.pt"}
     other = D.make_waterbirds_like("val", seed=1, cache_dir=cache)
     assert not torch.equal(other.x, d["val"].x)
     assert len([p for p in cache.iterdir() if p.name.startswith("waterbirds_like-")]) == 2  # keyed by config
@@ -121,7 +123,7 @@ def test_synthetic(kind):
 # --- real readers on fixtures in the real formats --------------------------------------------------------
 
 def test_waterbirds_reader(tmp_path):
-    root = D._write_waterbirds_fixture(tmp_path / "waterbird_complete95_forest2water2", n_per_group=3, size=48)
+    root = T.write_waterbirds_fixture(tmp_path / "waterbird_complete95_forest2water2", n_per_group=3, size=48)
     meta = pd.read_csv(root / "metadata.csv")
     assert list(meta.columns[:5]) == ["img_id", "img_filename", "y", "split", "place"]
     tr = D.load_waterbirds(tmp_path, "train", size=32)  # parent folder works too
@@ -140,7 +142,7 @@ def test_waterbirds_reader(tmp_path):
 
 
 def test_waterbirds_reader_errors(tmp_path):
-    root = D._write_waterbirds_fixture(tmp_path / "wb", n_per_group=1)
+    root = T.write_waterbirds_fixture(tmp_path / "wb", n_per_group=1)
     (root / pd.read_csv(root / "metadata.csv").img_filename[0]).unlink()
     with pytest.raises(FileNotFoundError, match="1 of 4 train images listed in metadata.csv are missing"):
         D.load_waterbirds(root, "train")
@@ -152,7 +154,7 @@ def test_waterbirds_reader_errors(tmp_path):
 
 
 def test_spuco_reader(tmp_path):
-    root = D._write_spuco_fixture(tmp_path, n=2, size=20)
+    root = T.write_spuco_fixture(tmp_path, n=2, size=20)
     assert (root / "spuco_dogs" / "train" / "big_dogs" / "outdoor" / "0.jpg").is_file()
     a = D.load_spuco_animals(root, "val", size=16)
     assert a.n_classes == 4 and a.group_counts().tolist() == [2] * 8
@@ -167,7 +169,7 @@ def test_spuco_reader(tmp_path):
 
 
 def test_spuco_reader_missing_folder(tmp_path):
-    root = D._write_spuco_fixture(tmp_path, n=1)
+    root = T.write_spuco_fixture(tmp_path, n=1)
     import shutil
     shutil.rmtree(root / "spuco_dogs" / "train" / "small_dogs" / "outdoor")
     with pytest.raises(FileNotFoundError, match="small_dogs/outdoor' is missing"):
@@ -176,7 +178,7 @@ def test_spuco_reader_missing_folder(tmp_path):
 
 @pytest.mark.parametrize("fn, folder", [(D.load_mnist, "MNIST"), (D.load_fmnist, "FashionMNIST")])
 def test_mnist_idx_reader(tmp_path, fn, folder):
-    D._write_mnist_fixture(tmp_path, n_train=30, n_test=12, folder=folder)
+    T.write_mnist_fixture(tmp_path, n_train=30, n_test=12, folder=folder)
     raw = tmp_path / folder / "raw" / "train-images-idx3-ubyte"
     assert raw.read_bytes()[:4] == b"\x00\x00\x08\x03"  # the IDX magic number torchvision parses
     tr, te = fn(tmp_path, "train"), fn(tmp_path, "test")
@@ -189,27 +191,13 @@ def test_mnist_idx_reader(tmp_path, fn, folder):
 
 
 
-def _write_cifar10(root, n_per_batch: int, n_test: int):
-    "CIFAR-10's python format: pickled dicts with 'data' (N×3072 uint8, channel-major) and 'labels'."
-    import pickle
-    d = root / "cifar-10-batches-py"; d.mkdir(parents=True)
-    def batch(name, n, start):
-        lab = [(start + i) % 10 for i in range(n)]
-        data = np.repeat(np.array(lab, dtype=np.uint8)[:, None] * 20, 3072, axis=1)
-        data[:, 1024:2048] = 7  # green plane: a constant, to check the channel order
-        with open(d / name, "wb") as f: pickle.dump({"data": data, "labels": lab}, f)
-    for b in range(1, 6): batch(f"data_batch_{b}", n_per_batch, b)
-    batch("test_batch", n_test, 0)
-    with open(d / "batches.meta", "wb") as f: pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
-
-
 def test_cifar10_reader(tmp_path, monkeypatch):
     # torchvision checks the files' md5 against the official release: a fixture cannot match, so only that
     # check is bypassed here; parsing, layout and our conversion run for real
     import torchvision
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
-    _write_cifar10(tmp_path, n_per_batch=4, n_test=6)
+    T.write_cifar10_fixture(tmp_path, n_per_batch=4, n_test=6)
     tr, te = D.load_cifar10(tmp_path, "train"), D.load_cifar10(tmp_path, "test")
     assert (len(tr), len(te)) == (20, 6) and tr.x.shape[1:] == (3, 32, 32) and tr.x.dtype == torch.float32
     assert torch.allclose(tr.x[:, 0, 3, 4] * 255, tr.y.float() * 20, atol=1e-3)  # red plane carries the label
@@ -220,23 +208,19 @@ def test_cifar10_reader(tmp_path, monkeypatch):
 
 
 def test_svhn_reader(tmp_path, monkeypatch):
-    import scipy.io
     import torchvision
     monkeypatch.setattr(torchvision.datasets.SVHN, "_check_integrity", lambda self: True)  # md5 only, as above
-    for split, n in [("train", 12), ("test", 5)]:
-        lab = np.arange(n) % 10
-        X = np.repeat((lab * 20).astype(np.uint8)[None, None, None, :], 3, axis=2).repeat(32, 0).repeat(32, 1)
-        scipy.io.savemat(tmp_path / f"{split}_32x32.mat", {"X": X, "y": np.where(lab == 0, 10, lab)[:, None]})  # SVHN stores 0 as 10
+    T.write_svhn_fixture(tmp_path, n_train=12, n_test=5)  # SVHN stores the digit 0 as 10
     tr, te = D.load_svhn(tmp_path, "train"), D.load_svhn(tmp_path, "test")
     assert (len(tr), len(te)) == (12, 5) and tr.x.shape[1:] == (3, 32, 32)
     assert tr.y.tolist() == (np.arange(12) % 10).tolist()
     assert torch.allclose(tr.x[:, 2, 10, 10] * 255, tr.y.float() * 20, atol=1e-3)
 
 def test_load_dataset_dispatch(tmp_path):
-    D._write_mnist_fixture(tmp_path / "m")
+    T.write_mnist_fixture(tmp_path / "m")
     assert len(D.load_dataset("mnist", "train", tmp_path / "m")) == 20
     assert D.load_dataset("waterbirds", "test", scale=0.05, cache=False).group_counts().tolist() == [15] * 4
-    wb = D._write_waterbirds_fixture(tmp_path / "wb")
+    wb = T.write_waterbirds_fixture(tmp_path / "wb")
     assert isinstance(D.load_dataset("waterbirds", "val", wb), D.FileGroupDataset)
     assert D.load_dataset("spuco_dogs", "test", scale=0.01, cache=False).n_classes == 2
     assert D.load_dataset("digits", "val").x.shape[1:] == (1, 16, 16)

@@ -133,7 +133,7 @@ def test_resnet50_reads_cache(tmp_path, monkeypatch):
 def test_resnet50_rejects_mismatched_file(tmp_path):
     f = tmp_path / "bad.pth"
     torch.save({"conv1.weight": torch.zeros(3)}, f)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="bad.pth.* do not fit a ResNet-50"):
         M.resnet50(2, weights=f)
 
 
