@@ -504,3 +504,13 @@ def test_torchrun_two_processes_match_one_process_at_the_combined_batch(tmp_path
     h = fit(model, data, batch_size=16, **ns["KW"]([]))  # one process, the combined batch
     assert all(torch.allclose(model.state_dict()[k], r0["state"][k], atol=1e-5) for k in r0["state"])
     assert h["loss"] == pytest.approx(r0["history"]["loss"], rel=1e-5)
+
+
+def test_make_accelerator_resets_an_incompatible_single_process_state():
+    from cfx_nb.core import make_accelerator
+    a = make_accelerator("cpu", "bf16")
+    assert a.device.type == "cpu" and a.mixed_precision == "bf16"
+    b = make_accelerator(torch.device("cpu"), "no")  # another precision: the shared state is reset, not an error
+    assert b.mixed_precision == "no" and b.num_processes == 1
+    with pytest.raises(ValueError, match="make_accelerator: mixed_precision='fp8' is not one of"):
+        make_accelerator("cpu", "fp8")
