@@ -43,7 +43,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
 
-    from cfx_nb.attacks import _pgd
+    from cfx_nb.attacks import pgd_batch
     from cfx_nb.core import eval_mode
     from cfx_nb.core import get_device
     from cfx_nb.training import fit

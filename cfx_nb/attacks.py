@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from .core import check_choice, check_labels, check_number, check_tensor, eval_mode, register_perturbation
 
 # %% auto #0
-__all__ = ['pgd', 'cfe_l2', 'pgd_l2_perturbation', 'pgd_linf_perturbation', 'cfe_l2_perturbation']
+__all__ = ['check_pgd_params', 'pgd_batch', 'pgd', 'cfe_l2', 'pgd_l2_perturbation', 'pgd_linf_perturbation',
+           'cfe_l2_perturbation']
 
 # %% ../nbs/03_attacks.ipynb #c5f2a918
 def _n_classes(model: nn.Module, x: torch.Tensor, fn: str) -> int:
@@ -41,21 +42,27 @@ def _check_inputs(fn: str, model, x, y, yname: str = "y", lo: float | None = 0.0
     "Validate model, a batch `x` in the box [lo, hi] and its labels `y`; return `(x, y)` with `y` as int64 on x's device."
     if not isinstance(model, nn.Module):
         raise ValueError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(x, torch.Tensor) and x.ndim < 2:
-        raise ValueError(f"{fn}: x has shape {tuple(x.shape)}; expected a batch N×… with at least 2 dimensions")
+    if isinstance(x, torch.Tensor) and (x.ndim < 2 or len(x) == 0):
+        raise ValueError(f"{fn}: x has shape {tuple(x.shape)}; expected a batch N×… with N >= 1 samples and at least 2 dimensions")
     check_tensor(x, "x", fn, floating=True, lo=lo, hi=hi)
     check_labels(y, yname, None, fn, n=len(x))
     p = next(model.parameters(), None)
     if p is not None and p.device != x.device:
         raise ValueError(f"{fn}: x is on {x.device} but the model's parameters are on {p.device}; move one of them")
     y = y.to(x.device, torch.long)
-    if len(x):
-        with eval_mode(model): k = _n_classes(model, x, fn)
-        check_labels(y, yname, k, fn)
+    with eval_mode(model): k = _n_classes(model, x, fn)
+    check_labels(y, yname, k, fn)
     return x, y
 
-def _check_pgd_params(fn: str, norm, eps, alpha, steps, **flags) -> tuple[str, float, float, int]:
-    "Validate PGD's hyper-parameters; `alpha=None` becomes Madry et al.'s 2.5·ε/steps."
+def check_pgd_params(fn: str, # the calling function, for the error messages (e.g. "fit: adversarial")
+                     norm: str, # "l2" or "linf"
+                     eps: float, # radius ε (>= 0)
+                     alpha: float | None, # step size (> 0); None: 2.5·ε/steps
+                     steps: int, # iterations (>= 1)
+                     **flags, # boolean options to check, by name (e.g. random_start=True)
+                    ) -> tuple[str, float, float, int]: # (norm, eps, alpha, steps), validated
+    """Validate PGD's hyper-parameters; `alpha=None` becomes Madry et al.'s 2.5·ε/steps.
+    A public internal: the validation `pgd` runs, for other modules that call `pgd_batch` (e.g. `fit`)."""
     check_choice(norm, ["l2", "linf"], "norm", fn)
     eps = float(check_number(eps, "eps", fn, ge=0))
     steps = check_number(steps, "steps", fn, ge=1, integer=True)
@@ -111,10 +118,23 @@ def _keep_best(best_x, best_l, xa, l, targeted: bool):
     better = l < best_l if targeted else l > best_l
     return torch.where(_per_sample(better, xa), xa, best_x), torch.where(better, l, best_l)
 
-def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, alpha: float, steps: int,
-         targeted: bool = False, random_start: bool = False, keep_best: bool = False,
-         blo: float | None = 0.0, bhi: float | None = 1.0) -> torch.Tensor:
-    "The PGD loop on validated input, with `model` already in the mode to attack in (see `pgd`)."
+def pgd_batch(model: nn.Module, # the classifier, already in the mode to attack in (usually eval)
+              x: torch.Tensor, # clean inputs N×…, validated (in the box, finite, N >= 1)
+              y: torch.Tensor, # N int64 labels on x's device
+              norm: str, # "l2" or "linf"
+              eps: float, # radius ε (>= 0)
+              alpha: float, # step size (> 0)
+              steps: int, # iterations (>= 1)
+              targeted: bool = False, # minimize the loss of `y` instead of maximizing it
+              random_start: bool = False, # start from a random point of the ball
+              keep_best: bool = False, # return each sample's best iterate
+              blo: float | None = 0.0, # lower bound of the box (None: unbounded)
+              bhi: float | None = 1.0, # upper bound of the box (None: unbounded)
+             ) -> torch.Tensor: # the adversarial batch, like `x`
+    """The PGD loop without any validation, mode switching or grad-mode handling: a public internal for
+    loops that call it on every batch (adversarial training, `robust_accuracy`). Validate the parameters
+    once with `check_pgd_params`, and call it under `torch.enable_grad()` with the model in the mode wanted.
+    `pgd` is the checked entry point for everyone else."""
     x = x.detach()
     if eps == 0: return x.clone()  # the ball is the point x
     step = -alpha if targeted else alpha
@@ -156,12 +176,11 @@ def pgd(model: nn.Module, # classifier taking N×… inputs in [0,1] and returni
     "Projected gradient descent (Madry et al., 2018) under the ℓ2 or ℓ∞ norm, batched, in the box [lo, hi] (images: [0,1])."
     fn = "pgd"
     lo, hi = _check_box(fn, lo, hi)
-    norm, eps, alpha, steps = _check_pgd_params(fn, norm, eps, alpha, steps, targeted=targeted,
+    norm, eps, alpha, steps = check_pgd_params(fn, norm, eps, alpha, steps, targeted=targeted,
                                                 random_start=random_start, keep_best=keep_best)
     x, y = _check_inputs(fn, model, x, y, "y", lo, hi)
-    if not len(x): return x.detach().clone()
     with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
-        return _pgd(model, x.clone(), y, norm, eps, alpha, steps, targeted, random_start, keep_best, lo, hi)
+        return pgd_batch(model, x.clone(), y, norm, eps, alpha, steps, targeted, random_start, keep_best, lo, hi)
 
 # %% ../nbs/03_attacks.ipynb #83f43d00
 def cfe_l2(model: nn.Module, # classifier taking N×… inputs in [0,1] and returning N×K logits
@@ -181,7 +200,6 @@ def cfe_l2(model: nn.Module, # classifier taking N×… inputs in [0,1] and retu
     steps = check_number(steps, "steps", fn, ge=1, integer=True)
     lo, hi = _check_box(fn, lo, hi)
     x, target = _check_inputs(fn, model, x, target, "target", lo, hi)
-    if not len(x): return x.detach().clone()
     with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
         x = x.detach().clone()
         xp = x.clone().requires_grad_(True)
@@ -197,7 +215,7 @@ def cfe_l2(model: nn.Module, # classifier taking N×… inputs in [0,1] and retu
 # %% ../nbs/03_attacks.ipynb #fd87861d
 def _pgd_perturbation(name: str, norm: str, eps, alpha, steps, random_start, keep_best, lo, hi) -> Callable:
     fn = f"make_perturbation({name!r})"
-    norm, eps, alpha, steps = _check_pgd_params(fn, norm, eps, alpha, steps, random_start=random_start, keep_best=keep_best)
+    norm, eps, alpha, steps = check_pgd_params(fn, norm, eps, alpha, steps, random_start=random_start, keep_best=keep_best)
     lo, hi = _check_box(fn, lo, hi)
     return functools.partial(pgd, norm=norm, eps=eps, alpha=alpha, steps=steps, targeted=True,
                              random_start=random_start, keep_best=keep_best, lo=lo, hi=hi)

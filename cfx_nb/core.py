@@ -30,7 +30,7 @@ __all__ = ['PERTURBATIONS', 'check_choice', 'check_number', 'check_tensor', 'che
            'load_torch', 'save_artifact', 'move_aside', 'load_artifact', 'file_lock', 'cached_artifact',
            'checkpoint_path', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'NameView', 'config_hash',
            'run_dir', 'resolve_config', 'eval_mode', 'model_device', 'register_perturbation', 'make_perturbation',
-           'save_results', 'git_commit', 'run_metadata']
+           'save_results', 'git_commit', 'run_metadata', 'make_accelerator']
 
 # %% ../nbs/00_core.ipynb #22337ad4
 def _where(fn: str) -> str: return f"{fn}: " if fn else ""
@@ -650,3 +650,22 @@ def run_metadata(device: str | torch.device | None = None, # the device the run 
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if started is not None: meta["wall_time_s"] = round(time.time() - started, 2)
     return meta
+
+# %% ../nbs/00_core.ipynb #a7c3e1d5
+def make_accelerator(device: str | torch.device, # the device to train on ("cpu", "cuda", ..., or a torch.device)
+                     mixed_precision: str = "no", # "no", "bf16" or "fp16"
+                     **kwargs, # more `accelerate.Accelerator` arguments (e.g. device_placement=False)
+                    ):
+    """An `accelerate.Accelerator` for `device`, the one way cfx_nb builds one (training, DDPM training).
+    accelerate keeps its state in a process-wide singleton: in a single process, a state left by an earlier
+    call for another device type or precision is reset first; under `torchrun`/`accelerate launch` the
+    launcher's state is kept (each process trains on its own device)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+    check_choice(mixed_precision, ["no", "bf16", "fp16"], "mixed_precision", "make_accelerator")
+    dev = get_device(device)
+    if AcceleratorState._shared_state and PartialState._shared_state and PartialState().num_processes == 1:
+        st = AcceleratorState()
+        if st.device.type != dev.type or st.mixed_precision != mixed_precision:
+            AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(cpu=dev.type == "cpu", mixed_precision=mixed_precision, **kwargs)

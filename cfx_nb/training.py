@@ -5,9 +5,14 @@
 # %% ../nbs/04_training.ipynb #fe1b1cf9
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import logging
 import math
 import os
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -18,13 +23,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset, default_collate
 from tqdm.auto import tqdm
 
-from .attacks import _check_pgd_params, _pgd
-from .core import eval_mode
-from .core import (check_choice, check_labels, check_number, check_tensor, get_device, latest_checkpoint,
-                         load_checkpoint, load_torch, save_checkpoint, seed_everything)
+from .attacks import check_pgd_params, pgd_batch
+from .core import (atomic_write, check_choice, check_labels, check_number, check_tensor, eval_mode, get_device,
+                         latest_checkpoint, load_checkpoint, load_torch, make_accelerator, save_checkpoint, seed_everything)
+
+log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['EpochShuffle', 'batches', 'fit', 'group_accuracy', 'worst_group_accuracy', 'predict', 'evaluate', 'robust_accuracy']
+__all__ = ['log', 'EpochShuffle', 'batches', 'FitConfig', 'write_metrics', 'fit', 'group_accuracy', 'worst_group_accuracy',
+           'predict', 'evaluate', 'robust_accuracy']
 
 # %% ../nbs/04_training.ipynb #2352a66f
 def _as_triple(item, fn: str = "fit") -> tuple:
@@ -55,6 +62,7 @@ class _Batches(Dataset):
     "Wrap a dataset so that a DataLoader fetches a whole batch `(x, y, group)` in one `__getitems__` call."
     def __init__(self, ds, fn: str = "fit"):
         self.ds, self.fn, view = ds, fn, _tensor_view(ds)
+        self.check = None  # (name, K or None): check each loaded batch (finite x, labels < K) before it is used
         self.t, self.index = view if view is not None else (None, None)
         if self.t is not None and len(ds):  # the fast path must agree with the dataset's own items
             first = _as_triple(ds[0], fn)
@@ -66,7 +74,9 @@ class _Batches(Dataset):
         return tuple(a[i] for a in self.t)
     def __getitems__(self, idx):
         if self.t is not None: return self._take(idx)
-        return tuple(default_collate([_as_triple(self.ds[i], self.fn) for i in idx]))
+        b = tuple(default_collate([_as_triple(self.ds[i], self.fn) for i in idx]))
+        if self.check is not None: _check_batch(b[0], b[1], idx, *self.check, self.fn)
+        return b
     def __getitem__(self, i): return self.__getitems__([i])
 
 def _identity(batch): return batch
@@ -99,7 +109,10 @@ def batches(data: Dataset, # items (x, y) or (x, y, group)
             drop_last: bool = False, # drop a last incomplete batch
            ) -> DataLoader:
     "A DataLoader yielding `(x, y, group)` batches, fetched in one indexing operation when `data` is stacked tensors."
-    return DataLoader(_Batches(data), batch_size=batch_size, sampler=EpochShuffle(len(data), seed, shuffle),
+    return _loader(_Batches(data), batch_size, shuffle, seed, num_workers, drop_last)
+
+def _loader(b: _Batches, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0, drop_last: bool = False):
+    return DataLoader(b, batch_size=batch_size, sampler=EpochShuffle(len(b), seed, shuffle),
                       collate_fn=_identity, num_workers=num_workers, drop_last=drop_last)
 
 # %% ../nbs/04_training.ipynb #ebaa4e2f
@@ -135,6 +148,7 @@ _SCHEDULES = (None, "cosine", "step")
 _ADV_KEYS = {"norm", "eps", "alpha", "steps", "random_start"}
 
 def _check_dataset(ds, name: str, fn: str) -> None:
+    "A map-style, non-empty dataset whose items start with a floating-point tensor."
     if not (hasattr(ds, "__getitem__") and hasattr(ds, "__len__")):
         raise ValueError(f"{fn}: {name} must be a map-style Dataset with (x, y[, group]) items, got {type(ds).__name__}")
     if len(ds) < 1: raise ValueError(f"{fn}: {name} is empty")
@@ -151,7 +165,7 @@ def _check_adversarial(adv, fn: str) -> dict | None:
     if unknown: raise ValueError(f"{fn}: adversarial has unknown keys {sorted(unknown)}; allowed: {sorted(_ADV_KEYS)}")
     if missing: raise ValueError(f"{fn}: adversarial is missing {sorted(missing)} (needs norm, eps, steps; optional alpha, random_start)")
     rs = adv.get("random_start", True)
-    norm, eps, alpha, steps = _check_pgd_params(f"{fn}: adversarial", adv["norm"], adv["eps"], adv.get("alpha"), adv["steps"], random_start=rs)
+    norm, eps, alpha, steps = check_pgd_params(f"{fn}: adversarial", adv["norm"], adv["eps"], adv.get("alpha"), adv["steps"], random_start=rs)
     return {"norm": norm, "eps": eps, "alpha": alpha, "steps": steps, "random_start": rs}
 
 def _make_optimizer(name, params, lr, momentum, weight_decay):
@@ -170,17 +184,325 @@ def _make_schedule(name, optimizer, epochs):
 def _name(f) -> Any:
     return f if f is None or isinstance(f, (str, int, float, bool)) else getattr(f, "__qualname__", type(f).__name__)
 
-def _accelerator(device: torch.device, mixed_precision: str):
-    "An `Accelerator` for `device`; in a single process, a previous incompatible accelerate state is reset."
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
-    if AcceleratorState._shared_state and PartialState._shared_state and PartialState().num_processes == 1:
-        st = AcceleratorState()
-        if st.device.type != device.type or st.mixed_precision != mixed_precision:
-            AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision)
-
 # %% ../nbs/04_training.ipynb #1403892b
+@dataclass(frozen=True)
+class FitConfig:
+    "The validated, resolved arguments of `fit` (build it with `FitConfig.check`)."
+    epochs: int; lr: float; batch_size: int; optimizer: Any; momentum: float; weight_decay: float
+    schedule: Any; augment: Callable | None; adversarial: dict | None; ckpt_dir: Path | None
+    device: torch.device; seed: int; num_workers: int; progress: bool; mixed_precision: str
+    drop_last: bool; preload: bool | None; on_batch: Callable | None; keep: int; grad_clip: float | None
+    channels_last: bool; compile: bool | str; pin_memory: bool; tensorboard: bool
+
+    @classmethod
+    def check(cls, fn: str = "fit", # the function named in error messages
+              **kw, # the arguments of `fit`, by name
+             ) -> "FitConfig":
+        "Validate every argument of `fit` (ValueError naming the parameter) and resolve the automatic ones."
+        kw = {**_FIT_DEFAULTS, **kw}
+        dev = get_device(kw["device"])
+        out = {k: check_number(kw[k], k, fn, ge=1, integer=True) for k in ("epochs", "batch_size", "keep")}
+        out["seed"] = check_number(kw["seed"], "seed", fn, ge=0, lt=2**32, integer=True)
+        out["lr"] = float(check_number(kw["lr"], "lr", fn, gt=0))
+        out["momentum"] = float(check_number(kw["momentum"], "momentum", fn, ge=0, lt=1))
+        out["weight_decay"] = float(check_number(kw["weight_decay"], "weight_decay", fn, ge=0))
+        out["grad_clip"] = None if kw["grad_clip"] is None else float(check_number(kw["grad_clip"], "grad_clip", fn, gt=0))
+        if not callable(kw["optimizer"]): check_choice(kw["optimizer"], _OPTIMIZERS, "optimizer", fn)
+        if not callable(kw["schedule"]): check_choice(kw["schedule"], _SCHEDULES, "schedule", fn)
+        for k in ("augment", "on_batch"):
+            if kw[k] is not None and not callable(kw[k]): raise ValueError(f"{fn}: {k}={kw[k]!r} must be None or a callable")
+        for k in ("drop_last", "channels_last"): check_choice(kw[k], [True, False], k, fn)
+        for k in ("preload", "pin_memory", "tensorboard", "progress"): check_choice(kw[k], [None, True, False], k, fn)
+        out.update(_check_gpu_options(kw, dev, fn), adversarial=_check_adversarial(kw["adversarial"], fn),
+                   ckpt_dir=_check_ckpt_dir(kw["ckpt_dir"], fn), device=dev)
+        out["tensorboard"] = _check_tensorboard(kw["tensorboard"], out["ckpt_dir"], fn)
+        out["progress"] = sys.stderr.isatty() if kw["progress"] is None else kw["progress"]
+        return cls(**{**{k: kw[k] for k in _FIT_DEFAULTS if k not in out}, **out})
+
+    def key(self, n_train: int, # length of the training set
+           ) -> dict:
+        "The configuration that determines the result: recorded in checkpoints and compared on resume."
+        return {"batch_size": self.batch_size, "optimizer": _name(self.optimizer), "lr": self.lr, "momentum": self.momentum,
+                "weight_decay": self.weight_decay, "schedule": _name(self.schedule), "augment": _name(self.augment),
+                "adversarial": self.adversarial, "seed": self.seed, "n_train": n_train, "drop_last": self.drop_last,
+                "mixed_precision": self.mixed_precision, "epochs": self.epochs if self.schedule is not None else None,
+                **({"grad_clip": self.grad_clip} if self.grad_clip is not None else {})}
+
+_FIT_DEFAULTS = dict(batch_size=128, optimizer="sgd", momentum=0.9, weight_decay=0.0, schedule=None, augment=None,
+                     adversarial=None, ckpt_dir=None, device="auto", seed=0, num_workers="auto", progress=None,
+                     mixed_precision="auto", drop_last=False, preload=None, on_batch=None, keep=2, grad_clip=None,
+                     channels_last=False, compile=False, pin_memory=None, tensorboard=None)
+
+def _check_gpu_options(kw: dict, dev: torch.device, fn: str) -> dict:
+    "Resolve mixed_precision, num_workers, pin_memory and compile for device `dev`."
+    mp = kw["mixed_precision"]
+    check_choice(mp, ["auto", "no", "bf16", "fp16"], "mixed_precision", fn)
+    if mp == "auto": mp = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    if mp == "fp16" and dev.type != "cuda":
+        raise ValueError(f"{fn}: mixed_precision='fp16' needs a CUDA device, got device={kw['device']!r}; use 'bf16' or 'no'")
+    nw = kw["num_workers"]
+    if nw == "auto": nw = min(8, max((os.cpu_count() or 1) - 1, 0)) if dev.type == "cuda" else 0
+    nw = check_number(nw, "num_workers", fn, ge=0, integer=True)
+    comp = kw["compile"]
+    if not (isinstance(comp, bool) or comp in ("inductor", "aot_eager", "eager", "cudagraphs")):
+        raise ValueError(f"{fn}: compile={comp!r} is not one of False, True, 'inductor', 'aot_eager', 'eager', 'cudagraphs'")
+    pin = dev.type == "cuda" if kw["pin_memory"] is None else kw["pin_memory"]
+    return {"mixed_precision": mp, "num_workers": nw, "compile": comp, "pin_memory": pin}
+
+def _check_ckpt_dir(ckpt_dir, fn: str) -> Path | None:
+    "None, or a path that is a directory or does not exist yet."
+    if ckpt_dir is None: return None
+    if not isinstance(ckpt_dir, (str, os.PathLike)):
+        raise ValueError(f"{fn}: ckpt_dir={ckpt_dir!r} must be None or a directory path")
+    p = Path(ckpt_dir)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{fn}: ckpt_dir={str(p)!r} is an existing file, not a directory; give a directory (it is created if missing)")
+    return p
+
+def _check_tensorboard(tb, ckpt_dir, fn: str) -> bool:
+    "Whether to log to TensorBoard: None means when a ckpt_dir is given and tensorboard is installed."
+    have = importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
+    if tb and not have: raise ValueError(f"{fn}: tensorboard=True but neither tensorboard nor tensorboardX is installed")
+    if tb and ckpt_dir is None: raise ValueError(f"{fn}: tensorboard=True needs a ckpt_dir (the logs go to ckpt_dir/tensorboard)")
+    return have and ckpt_dir is not None if tb is None else tb
+
+# %% ../nbs/04_training.ipynb #451ba5cc
+def _first_bad_row(x: torch.Tensor, index: torch.Tensor | None = None, chunk: int = 4096) -> int | None:
+    "Position (in `index` order when given) of the first sample of `x` holding a NaN or inf, or None."
+    bad = torch.cat([~torch.isfinite(x[i:i + chunk]).flatten(1).all(1) for i in range(0, len(x), chunk)])
+    if index is not None: bad = bad[index]
+    hit = bad.nonzero()
+    return int(hit[0]) if len(hit) else None
+
+def _n_logits(model: nn.Module, x: torch.Tensor, fn: str) -> int:
+    "The number of logits K of `model`, from one forward pass of the sample `x` (eval mode, no gradients)."
+    p = next(model.parameters(), None)
+    with eval_mode(model), torch.no_grad():
+        out = model(x[None].to(p.device if p is not None else "cpu"))
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise ValueError(f"{fn}: model must return N×K logits, got {tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    return out.shape[1]
+
+def _check_data_against_model(model, data: _Batches, name: str, fn: str, n_classes=None, box: bool = False,
+                              labels: bool = True) -> int:
+    "Check `data` (in memory: whole; otherwise: per batch, as loaded) against the model's K logits; return K."
+    k = _n_logits(model, _as_triple(data.ds[0], fn)[0], fn)
+    if not labels:  # inputs only (predict)
+        if data.t is None: data.check = (name, None)
+        elif (i := _first_bad_row(data.t[0], data.index)) is not None:
+            raise ValueError(f"{fn}: {name} sample {i} has NaN or inf values; clean or drop it")
+        return k
+    want = n_classes if isinstance(n_classes, int) else getattr(data.ds, "n_classes", None)
+    if isinstance(want, int) and want > k:
+        raise ValueError(f"{fn}: model returns {k} logits but {name} has n_classes={want}; the model needs at least {want} outputs")
+    if data.t is None:
+        data.check = (name, k); return k
+    y = data.t[1] if data.index is None else data.t[1][data.index]
+    if len(y) and y.min() >= 0 and int(y.max()) >= k:
+        raise ValueError(f"{fn}: model returns {k} logits but {name} has labels up to {int(y.max())}; "
+                         f"the model needs at least {int(y.max()) + 1} outputs")
+    check_labels(y, f"{name} labels", k, fn)
+    if (i := _first_bad_row(data.t[0], data.index)) is not None:
+        raise ValueError(f"{fn}: {name} sample {i} has NaN or inf values; clean or drop it")
+    if box: check_tensor(data.t[0], f"{name} inputs", fn, lo=0.0, hi=1.0)
+    return k
+
+def _check_batch(x, y, idx, name: str, k: int | None, fn: str) -> None:
+    "Check one loaded batch: finite inputs and labels in [0, k), naming the first bad sample's dataset index."
+    bad = ~torch.isfinite(x).flatten(1).all(1)
+    if bad.any(): raise ValueError(f"{fn}: {name} sample {int(idx[int(bad.nonzero()[0])])} has NaN or inf values; clean or drop it")
+    out = (y < 0) | (y >= k) if k is not None else torch.zeros(0, dtype=torch.bool)
+    if out.any():
+        j = int(out.nonzero()[0])
+        raise ValueError(f"{fn}: {name} sample {int(idx[j])} has label {int(y[j])} but the model returns {k} logits; "
+                         f"labels must be in 0 … {k - 1}")
+
+# %% ../nbs/04_training.ipynb #af9a1f43
+@dataclass
+class _Run:
+    "The state of one `fit` call."
+    cfg: FitConfig; acc: Any; pmodel: nn.Module; raw: nn.Module; forward: Callable; opt: Any; sched: Any
+    feed: Any; params: list; key: dict; history: dict; tracker: Any = None
+
+def _make_feed(acc, data: _Batches, cfg: FitConfig, n: int):
+    "The epoch batches: one gather per batch from stacked tensors (single process), else a prepared DataLoader."
+    sampler = EpochShuffle(n, cfg.seed)
+    if data.t is not None and acc.num_processes == 1:
+        nbytes = sum(t.numel() * t.element_size() for t in data.t[:2])
+        preload = cfg.preload if cfg.preload is not None else (acc.device.type != "cpu" and nbytes <= 2**31)
+        return _InMemoryFeed(data, sampler, cfg.batch_size, cfg.drop_last, acc.device, preload)
+    loader = DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, collate_fn=_identity, num_workers=cfg.num_workers,
+                        drop_last=cfg.drop_last, pin_memory=cfg.pin_memory, persistent_workers=cfg.num_workers > 0)
+    return _LoaderFeed(acc.prepare(loader))
+
+def _setup(model: nn.Module, data: _Batches, cfg: FitConfig, n: int, val) -> _Run:
+    "Seed, then build the accelerator, optimizer, schedule, prepared model and feed (in this order: resume depends on it)."
+    seed_everything(cfg.seed)
+    acc = make_accelerator(cfg.device, cfg.mixed_precision)
+    if cfg.channels_last: model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = _make_optimizer(cfg.optimizer, params, cfg.lr, cfg.momentum, cfg.weight_decay)
+    sched = _make_schedule(cfg.schedule, opt, cfg.epochs)
+    pmodel = acc.prepare(model)
+    raw = acc.unwrap_model(pmodel)  # the module itself (same parameters), for the attack and for checkpoints
+    forward = pmodel if cfg.compile is False else torch.compile(pmodel, **({} if cfg.compile is True else {"backend": cfg.compile}))
+    history = {"epoch": [], "loss": [], "acc": [], "lr": [], "time_s": []}
+    if val is not None: history.update(val_acc=[], val_wga=[])
+    return _Run(cfg, acc, pmodel, raw, forward, opt, sched, _make_feed(acc, data, cfg, n), params, cfg.key(n), history)
+
+def _resume(run: _Run) -> int:
+    "Load the newest checkpoint of `ckpt_dir` (weights, optimizer, schedule, RNG, history); return the epochs done."
+    cfg, acc = run.cfg, run.acc
+    if cfg.ckpt_dir is None or latest_checkpoint(cfg.ckpt_dir) is None: return 0
+    info = load_checkpoint(cfg.ckpt_dir, run.raw, run.opt, run.sched)
+    if acc.scaler is not None and "scaler" in info["extra"]: acc.scaler.load_state_dict(info["extra"]["scaler"])
+    run.history = {k: list(v) for k, v in info["extra"]["history"].items()}
+    log.info("fit: resuming from %s after epoch %d", info["path"], info["epoch"])
+    return info["epoch"]
+
+def _check_resume_config(ckpt_dir: Path | None, key: dict, fn: str) -> None:
+    "Refuse a `ckpt_dir` whose newest checkpoint was written with another configuration."
+    if ckpt_dir is None or (ck := latest_checkpoint(ckpt_dir)) is None: return
+    old = load_torch(ck)["extra"].get("config", {})
+    diff = {k: (old.get(k), v) for k, v in key.items() if k != "epochs" and old.get(k) != v}
+    if key["epochs"] is not None and old.get("epochs") != key["epochs"]: diff["epochs"] = (old.get("epochs"), key["epochs"])
+    if diff:
+        raise ValueError(f"{fn}: ckpt_dir={str(ckpt_dir)!r} holds a run with another configuration "
+                         f"({', '.join(f'{k}: {a!r} there, {b!r} here' for k, (a, b) in diff.items())}); use another ckpt_dir")
+
+# %% ../nbs/04_training.ipynb #32c23048
+def _adversarial_batch(run: _Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    "Madry's inner maximization: untargeted PGD on the batch, with the model in eval mode."
+    a = run.cfg.adversarial
+    with eval_mode(run.raw), torch.enable_grad():
+        return pgd_batch(run.raw, x, y, a["norm"], a["eps"], a["alpha"], a["steps"], random_start=a["random_start"])
+
+def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "One optimizer step on the batch (gradient scaling under fp16, optional clipping); return (loss, logits)."
+    cfg, acc, opt = run.cfg, run.acc, run.opt
+    logits = run.forward(x)
+    loss = F.cross_entropy(logits, y)
+    opt.zero_grad(set_to_none=True)
+    if acc.scaler is None: loss.backward()
+    else: acc.scaler.scale(loss).backward()
+    if cfg.grad_clip is not None:
+        if acc.scaler is not None: acc.scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
+    if acc.scaler is None: opt.step()
+    else: acc.scaler.step(opt); acc.scaler.update()
+    return loss, logits
+
+def _train_epoch(run: _Run, epoch: int) -> torch.Tensor:
+    "Train one epoch; return [loss sum, #correct, #samples] of this process (kept on the device until the end)."
+    cfg = run.cfg
+    run.pmodel.train()
+    tot, seen = torch.zeros(2, device=run.acc.device), 0
+    for b, (x, y, _) in enumerate(run.feed(epoch)):
+        y = y.long()
+        if cfg.channels_last and x.ndim == 4: x = x.contiguous(memory_format=torch.channels_last)
+        if cfg.augment is not None: x = cfg.augment(x)
+        if cfg.adversarial is not None: x = _adversarial_batch(run, x, y)
+        loss, logits = _train_step(run, x, y)
+        with torch.no_grad(): tot += torch.stack([loss.detach().float() * len(y), (logits.argmax(1) == y).sum().float()])
+        seen += len(y)
+        if cfg.on_batch is not None: cfg.on_batch(epoch, b)
+    return torch.cat([tot, torch.tensor([float(seen)], device=tot.device)])
+
+# %% ../nbs/04_training.ipynb #194afe4a
+def _end_epoch(run: _Run, epoch: int, tot: torch.Tensor, lr_now: float, t0: float, good: dict, val) -> None:
+    "Reduce the epoch's sums over processes, refuse a non-finite loss (restoring `good` weights), evaluate `val`."
+    cfg, h = run.cfg, run.history
+    loss, correct, n = run.acc.reduce(tot, "sum").tolist()
+    if not math.isfinite(loss):  # never checkpoint, nor hand back, a diverged model
+        run.raw.load_state_dict(good)
+        raise FloatingPointError(f"fit: the training loss became {loss} in epoch {epoch + 1} (lr={lr_now}, "
+                                 f"optimizer={cfg.optimizer!r}); the model's weights are put back to their state before "
+                                 f"that epoch; lower lr, set grad_clip, or check the data")
+    h["epoch"].append(epoch + 1); h["loss"].append(loss / max(n, 1)); h["acc"].append(correct / max(n, 1)); h["lr"].append(lr_now)
+    if val is not None:
+        ev = evaluate(run.raw, val, batch_size=max(cfg.batch_size, 256))  # on the model's device (each process's own)
+        h["val_acc"].append(ev["acc"]); h["val_wga"].append(ev["wga"])
+    h["time_s"].append(time.perf_counter() - t0)
+    log.info("fit: epoch %d/%d %s", epoch + 1, cfg.epochs, " ".join(f"{k}={v[-1]:.4g}" for k, v in h.items() if k != "epoch"))
+
+_METRICS = ("epoch", "loss", "acc", "val_acc", "val_wga", "lr", "time_s")
+
+def write_metrics(history: Mapping[str, list], # a `fit` history
+                  path: str | os.PathLike, # the CSV file to (over)write, atomically
+                 ) -> Path:
+    "Write a `fit` history as CSV, one row per epoch: epoch, loss, acc, val_acc, val_wga, lr, time_s."
+    cols = [c for c in _METRICS if c in history]
+    with atomic_write(path, "w") as f:
+        f.write(",".join(cols) + "\n")
+        for row in zip(*(history[c] for c in cols)): f.write(",".join(repr(v) for v in row) + "\n")
+    return Path(path)
+
+def _save_epoch(run: _Run, epoch: int) -> None:
+    "After epoch `epoch` (0-based): the checkpoint, metrics.csv and TensorBoard scalars (main process only)."
+    cfg, acc = run.cfg, run.acc
+    if cfg.ckpt_dir is None: return
+    if acc.is_main_process:
+        extra = {"history": run.history, "config": run.key}
+        if acc.scaler is not None: extra["scaler"] = acc.scaler.state_dict()
+        save_checkpoint(cfg.ckpt_dir, epoch + 1, run.raw, run.opt, run.sched, extra=extra, keep=cfg.keep)
+        write_metrics(run.history, cfg.ckpt_dir / "metrics.csv")
+        if run.tracker is not None:
+            run.tracker.log({f"fit/{k}": v[-1] for k, v in run.history.items() if k != "epoch"}, step=epoch + 1)
+    acc.wait_for_everyone()
+
+def _start_tracker(run: _Run):
+    "accelerate's TensorBoard tracker writing to ckpt_dir/tensorboard (main process), or None."
+    if not run.cfg.tensorboard or not run.acc.is_main_process: return None
+    from accelerate.tracking import TensorBoardTracker
+    t = TensorBoardTracker("fit", logging_dir=run.cfg.ckpt_dir / "tensorboard")
+    t.start()
+    return t
+
+# %% ../nbs/04_training.ipynb #caaa17d7
+def _check_fit_data(model, train, val, cfg: FitConfig, fn: str = "fit") -> _Batches:
+    "Check the model and data of `fit` before any work; return the training batches."
+    if not isinstance(model, nn.Module): raise ValueError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_dataset(train, "train", fn)
+    if val is not None: _check_dataset(val, "val", fn)
+    if not any(p.requires_grad for p in model.parameters()): raise ValueError(f"{fn}: model has no trainable parameters")
+    data = _Batches(train, fn)
+    k = getattr(model, "n_classes", None) or getattr(train, "n_classes", None)
+    if data.t is not None:  # in-memory data: labels against the model's classes once
+        check_labels(data.t[1], "train labels", k if isinstance(k, int) else int(data.t[1].max()) + 1, fn)
+    _check_data_against_model(model, data, "train", fn, box=cfg.adversarial is not None)
+    return data
+
+@contextlib.contextmanager
+def _restoring(model: nn.Module, channels_last: bool):
+    "Undo, on exit, what training does to the model's interface: accelerate's autocast wrapper, modes, memory format."
+    was_training = [(m, m.training) for m in model.modules()]
+    forward_attr = model.__dict__.get("forward")
+    try: yield
+    finally:
+        if "_original_forward" in model.__dict__:
+            del model.__dict__["_original_forward"]
+            if forward_attr is None: model.__dict__.pop("forward", None)
+            else: model.forward = forward_attr
+        for m, t in was_training: m.training = t
+        if channels_last: model.to(memory_format=torch.contiguous_format)
+
+def _train(run: _Run, start: int, val) -> dict:
+    "The epochs from `start` on: train, check, evaluate, save; one progress bar over epochs at most."
+    cfg = run.cfg
+    bar = tqdm(range(start, cfg.epochs), desc="fit", disable=not cfg.progress or not run.acc.is_main_process,
+               initial=start, total=cfg.epochs)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        good = {k: v.detach().clone() for k, v in run.raw.state_dict().items()}
+        tot = _train_epoch(run, epoch)
+        lr_now = run.opt.param_groups[0]["lr"]
+        if run.sched is not None: run.sched.step()
+        _end_epoch(run, epoch, tot, lr_now, t0, good, val)
+        bar.set_postfix({k: round(v[-1], 4) for k, v in run.history.items() if k in ("loss", "acc", "val_acc")})
+        _save_epoch(run, epoch)
+    return run.history
+
+# %% ../nbs/04_training.ipynb #1c3b0b2d
 def fit(model: nn.Module, # the classifier, trained in place (inputs in [0,1], N×K logits)
         train: Dataset, # items (x, y) or (x, y, group)
         *,
@@ -193,148 +515,36 @@ def fit(model: nn.Module, # the classifier, trained in place (inputs in [0,1], N
         schedule: str | Callable | None = None, # None, "cosine", "step", or `f(optimizer, epochs) -> scheduler` (stepped per epoch)
         augment: Callable | None = None, # `augment(x) -> x` applied to every training batch (on the device)
         adversarial: Mapping | None = None, # Madry training: {'norm', 'eps', 'steps'[, 'alpha', 'random_start']}
-        ckpt_dir: str | os.PathLike | None = None, # checkpoint every epoch here, and resume from the newest
+        ckpt_dir: str | os.PathLike | None = None, # checkpoint (and metrics.csv) every epoch here, and resume from the newest
         val: Dataset | None = None, # evaluated after every epoch (val_acc, val_wga in the history)
         device: str = "auto", # "auto", "cpu", "cuda" (under `accelerate launch`, the process's device)
         seed: int = 0, # seeds the global generators and the per-epoch shuffles
-        num_workers: int = 0, # DataLoader worker processes
-        progress: bool = True, # tqdm progress bars
+        num_workers: int | str = "auto", # DataLoader workers for datasets not in memory ("auto": up to 8 on CUDA, 0 on CPU)
+        progress: bool | None = None, # one tqdm bar over epochs (None: only when stderr is a terminal)
         mixed_precision: str = "auto", # "auto" (bf16 on a CUDA GPU that has it, else "no"), "no", "bf16", "fp16"
         drop_last: bool = False, # drop each epoch's last incomplete batch
         preload: bool | None = None, # keep in-memory training data on the device (None: on a GPU, when <= 2 GiB)
         on_batch: Callable[[int, int], Any] | None = None, # called as on_batch(epoch, batch) after every step
         keep: int = 2, # checkpoints kept in `ckpt_dir`
         grad_clip: float | None = None, # clip the gradients' global ℓ2 norm to this (None: no clipping)
+        channels_last: bool = False, # train in channels-last memory format (faster convolutions on GPUs)
+        compile: bool | str = False, # torch.compile the training forward (True, or a backend name)
+        pin_memory: bool | None = None, # pinned host memory for loaded batches (None: on CUDA)
+        tensorboard: bool | None = None, # TensorBoard scalars in ckpt_dir/tensorboard (None: when installed and ckpt_dir is set)
        ) -> dict[str, list]: # history: epoch, loss, acc, lr, time_s (and val_acc, val_wga)
     "Train `model` on `train` (standard, or Madry adversarial training), resumable from `ckpt_dir`; return the history."
-    fn = "fit"
-    if not isinstance(model, nn.Module): raise ValueError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
-    _check_dataset(train, "train", fn)
-    if val is not None: _check_dataset(val, "val", fn)
-    epochs = check_number(epochs, "epochs", fn, ge=1, integer=True)
-    batch_size = check_number(batch_size, "batch_size", fn, ge=1, integer=True)
-    if not callable(optimizer): check_choice(optimizer, _OPTIMIZERS, "optimizer", fn)
-    lr = float(check_number(lr, "lr", fn, gt=0))
-    momentum = float(check_number(momentum, "momentum", fn, ge=0, lt=1))
-    weight_decay = float(check_number(weight_decay, "weight_decay", fn, ge=0))
-    if not callable(schedule): check_choice(schedule, _SCHEDULES, "schedule", fn)
-    if augment is not None and not callable(augment): raise ValueError(f"{fn}: augment={augment!r} must be None or a callable x -> x")
-    if on_batch is not None and not callable(on_batch): raise ValueError(f"{fn}: on_batch={on_batch!r} must be None or a callable")
-    adv = _check_adversarial(adversarial, fn)
-    dev = get_device(device)
-    seed = check_number(seed, "seed", fn, ge=0, lt=2**32, integer=True)
-    num_workers = check_number(num_workers, "num_workers", fn, ge=0, integer=True)
-    keep = check_number(keep, "keep", fn, ge=1, integer=True)
-    if grad_clip is not None: grad_clip = float(check_number(grad_clip, "grad_clip", fn, gt=0))
-    for k, v in {"progress": progress, "drop_last": drop_last}.items(): check_choice(v, [True, False], k, fn)
-    check_choice(preload, [None, True, False], "preload", fn)
-    check_choice(mixed_precision, ["auto", "no", "bf16", "fp16"], "mixed_precision", fn)
-    if mixed_precision == "auto":
-        mixed_precision = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
-    if mixed_precision == "fp16" and dev.type != "cuda":
-        raise ValueError(f"{fn}: mixed_precision='fp16' needs a CUDA device, got device={device!r}; use 'bf16' or 'no'")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params: raise ValueError(f"{fn}: model has no trainable parameters")
-    data = _Batches(train, fn)
-    if data.t is not None:  # in-memory data: check labels and, for adversarial training, the [0,1] box once
-        k = getattr(model, "n_classes", None) or getattr(train, "n_classes", None)
-        check_labels(data.t[1], "train labels", k if isinstance(k, int) else int(data.t[1].max()) + 1, fn)
-        if adv is not None: check_tensor(data.t[0], "train inputs", fn, lo=0.0, hi=1.0)
-    config = {"batch_size": batch_size, "optimizer": _name(optimizer), "lr": lr, "momentum": momentum,
-              "weight_decay": weight_decay, "schedule": _name(schedule), "augment": _name(augment),
-              "adversarial": adv, "seed": seed, "n_train": len(train), "drop_last": drop_last,
-              "mixed_precision": mixed_precision, "epochs": epochs if schedule is not None else None,
-              **({"grad_clip": grad_clip} if grad_clip is not None else {})}
-
-    if ckpt_dir is not None and (ck := latest_checkpoint(ckpt_dir)) is not None:  # resuming: same configuration?
-        old = load_torch(ck)["extra"].get("config", {})
-        diff = {k: (old.get(k), v) for k, v in config.items() if k != "epochs" and old.get(k) != v}
-        if config["epochs"] is not None and old.get("epochs") != epochs: diff["epochs"] = (old.get("epochs"), epochs)
-        if diff:
-            raise ValueError(f"{fn}: ckpt_dir={str(ckpt_dir)!r} holds a run with another configuration "
-                             f"({', '.join(f'{k}: {a!r} there, {b!r} here' for k, (a, b) in diff.items())}); use another ckpt_dir")
-
-    # --- set up: seeds, accelerator, optimizer, schedule, data ---
-    seed_everything(seed)
-    acc = _accelerator(dev, mixed_precision)
-    was_training = [(m, m.training) for m in model.modules()]
-    forward_attr = model.__dict__.get("forward")
-    try:
-        opt = _make_optimizer(optimizer, params, lr, momentum, weight_decay)
-        sched = _make_schedule(schedule, opt, epochs)
-        pmodel = acc.prepare(model)
-        raw = acc.unwrap_model(pmodel)  # the module itself (same parameters), for the attack and for checkpoints
-        sampler = EpochShuffle(len(train), seed)
-        if data.t is not None and acc.num_processes == 1:
-            nbytes = sum(t.numel() * t.element_size() for t in data.t[:2])
-            feed = _InMemoryFeed(data, sampler, batch_size, drop_last, acc.device,
-                                 preload if preload is not None else (acc.device.type != "cpu" and nbytes <= 2**31))
-        else:
-            feed = _LoaderFeed(acc.prepare(DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=_identity,
-                                                      num_workers=num_workers, drop_last=drop_last)))
-        history = {"epoch": [], "loss": [], "acc": [], "lr": [], "time_s": []}
-        if val is not None: history.update(val_acc=[], val_wga=[])
-
-        # --- resume ---
-        start = 0
-        if ckpt_dir is not None and latest_checkpoint(ckpt_dir) is not None:
-            info = load_checkpoint(ckpt_dir, raw, opt, sched)
-            if acc.scaler is not None and "scaler" in info["extra"]: acc.scaler.load_state_dict(info["extra"]["scaler"])
-            start, history = info["epoch"], {k: list(v) for k, v in info["extra"]["history"].items()}
-
-        # --- train ---
-        bar = tqdm(range(start, epochs), desc="fit", disable=not progress or not acc.is_main_process,
-                   initial=start, total=epochs)
-        for epoch in bar:
-            t0 = time.perf_counter()
-            pmodel.train()
-            tot, seen = torch.zeros(2, device=acc.device), 0  # loss sum and #correct stay on the device
-            for b, (x, y, _) in enumerate(tqdm(feed(epoch), desc=f"epoch {epoch + 1}", total=len(feed), leave=False,
-                                               disable=not progress or not acc.is_main_process)):
-                y = y.long()
-                if augment is not None: x = augment(x)
-                if adv is not None:
-                    with eval_mode(raw), torch.enable_grad():
-                        x = _pgd(raw, x, y, adv["norm"], adv["eps"], adv["alpha"], adv["steps"], random_start=adv["random_start"])
-                logits = pmodel(x)
-                loss = F.cross_entropy(logits, y)
-                opt.zero_grad(set_to_none=True)
-                if acc.scaler is None: loss.backward()
-                else: acc.scaler.scale(loss).backward()
-                if grad_clip is not None:
-                    if acc.scaler is not None: acc.scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
-                if acc.scaler is None: opt.step()
-                else: acc.scaler.step(opt); acc.scaler.update()
-                with torch.no_grad(): tot += torch.stack([loss.detach().float() * len(y), (logits.argmax(1) == y).sum().float()])
-                seen += len(y)
-                if on_batch is not None: on_batch(epoch, b)
-            lr_now = opt.param_groups[0]["lr"]
-            if sched is not None: sched.step()
-            tot = acc.reduce(torch.cat([tot, torch.tensor([float(seen)], device=tot.device)]), "sum").tolist()
-            if not math.isfinite(tot[0]):  # stop before a diverged model is checkpointed or used as a result
-                raise FloatingPointError(f"fit: the training loss became {tot[0]} in epoch {epoch + 1} (lr={lr_now}, "
-                                         f"optimizer={optimizer!r}); lower lr, set grad_clip, or check the data")
-            history["epoch"].append(epoch + 1); history["loss"].append(tot[0] / max(tot[2], 1))
-            history["acc"].append(tot[1] / max(tot[2], 1)); history["lr"].append(lr_now)
-            if val is not None:
-                ev = evaluate(raw, val, batch_size=max(batch_size, 256), device=acc.device)
-                history["val_acc"].append(ev["acc"]); history["val_wga"].append(ev["wga"])
-            history["time_s"].append(time.perf_counter() - t0)
-            bar.set_postfix({k: round(v[-1], 4) for k, v in history.items() if k in ("loss", "acc", "val_acc")})
-            if ckpt_dir is not None:
-                if acc.is_main_process:
-                    extra = {"history": history, "config": config}
-                    if acc.scaler is not None: extra["scaler"] = acc.scaler.state_dict()
-                    save_checkpoint(ckpt_dir, epoch + 1, raw, opt, sched, extra=extra, keep=keep)
-                acc.wait_for_everyone()
-    finally:  # undo accelerate's autocast wrapper and restore the modes
-        if "_original_forward" in model.__dict__:
-            del model.__dict__["_original_forward"]
-            if forward_attr is None: model.__dict__.pop("forward", None)
-            else: model.forward = forward_attr
-        for m, t in was_training: m.training = t
-    return history
+    args = {k: v for k, v in locals().items() if k not in ("model", "train", "val")}
+    cfg = FitConfig.check("fit", **args)
+    data = _check_fit_data(model, train, val, cfg)
+    key = cfg.key(len(train))
+    _check_resume_config(cfg.ckpt_dir, key, "fit")
+    with _restoring(model, cfg.channels_last):
+        run = _setup(model, data, cfg, len(train), val)
+        start = _resume(run)
+        run.tracker = _start_tracker(run)
+        try: return _train(run, start, val)
+        finally:
+            if run.tracker is not None: run.tracker.finish()
 
 # %% ../nbs/04_training.ipynb #2c544a75
 def _check_preds(pred, y, group, fn: str):
@@ -382,10 +592,26 @@ def _check_eval(fn, model, data, batch_size):
     else: check_tensor(data, "data", fn, floating=True)
     return check_number(batch_size, "batch_size", fn, ge=1, integer=True)
 
-def _eval_batches(data, batch_size):
+def _checked_batches(model, data, fn: str, labels: bool = True) -> _Batches:
+    "`data`'s batches, checked against the model (finite inputs; labels within its logits) before they reach it."
+    b = _Batches(data, fn)
+    _check_data_against_model(model, b, "data", fn, labels=labels)
+    return b
+
+def _eval_batches(model, data, batch_size, fn: str):
     if isinstance(data, torch.Tensor):
         for i in range(0, len(data), batch_size): yield data[i:i + batch_size], None, None
-    else: yield from batches(data, batch_size)
+    else: yield from _loader(_checked_batches(model, data, fn, labels=False), batch_size)
+
+def _check_n_groups(n_groups, b: _Batches, fn: str) -> int | None:
+    "None, or an integer >= 1 above every group index of in-memory data (other data: checked per batch)."
+    if n_groups is None: return None
+    n_groups = check_number(n_groups, "n_groups", fn, ge=1, integer=True)
+    if b.t is not None:
+        g = b.t[2] if b.index is None else b.t[2][b.index]
+        if int(g.max()) >= n_groups:
+            raise ValueError(f"{fn}: n_groups={n_groups} but data has group indices up to {int(g.max())}; use n_groups >= {int(g.max()) + 1} or None")
+    return n_groups
 
 def predict(model: nn.Module, # the classifier
             data: Dataset | torch.Tensor, # a dataset of (x, y[, group]) items, or a tensor of inputs
@@ -401,7 +627,7 @@ def predict(model: nn.Module, # the classifier
     dev = _resolve_device(model, device, fn)
     preds, logits = [], []
     with eval_mode(model), torch.inference_mode():
-        for x, _, _ in _eval_batches(data, batch_size):
+        for x, _, _ in _eval_batches(model, data, batch_size, fn):
             out = model(x.to(dev, non_blocking=True)).float()
             preds.append(out.argmax(1))
             if return_logits: logits.append(out)
@@ -413,19 +639,23 @@ def evaluate(model: nn.Module, # the classifier
              *,
              batch_size: int = 256, # samples per forward pass
              device: str | torch.device | None = None, # None: the model's device
-             n_groups: int | None = None, # number of groups (default: data.n_groups, else max(group) + 1)
+             n_groups: int | None = None, # number of groups, > every group index (default: data.n_groups, else max(group) + 1)
             ) -> dict: # acc, group_acc {g: acc}, group_n {g: n}, wga, n
     "Accuracy, per-group accuracy and worst-group accuracy of `model` on `data`."
     fn = "evaluate"
     batch_size = _check_eval(fn, model, data, batch_size)
     if isinstance(data, torch.Tensor): raise ValueError(f"{fn}: data must be a dataset with labels, got a tensor")
     dev = _resolve_device(model, device, fn)
+    b = _checked_batches(model, data, fn)
+    n_groups = _check_n_groups(n_groups, b, fn)
     preds, ys, gs = [], [], []
     with eval_mode(model), torch.inference_mode():
-        for x, y, g in batches(data, batch_size):
+        for x, y, g in _loader(b, batch_size):
+            if n_groups is not None and int(g.max()) >= n_groups:
+                raise ValueError(f"{fn}: n_groups={n_groups} but data has group index {int(g.max())}; use n_groups >= {int(g.max()) + 1} or None")
             preds.append(model(x.to(dev, non_blocking=True)).argmax(1)); ys.append(y); gs.append(g)
     pred, y, g = torch.cat(preds).cpu(), torch.cat(ys).cpu().long(), torch.cat(gs).cpu().long()
-    n_groups = n_groups if n_groups is not None else getattr(data, "n_groups", None)
+    if n_groups is None: n_groups = getattr(data, "n_groups", None)
     ga = group_accuracy(pred, y, g, n_groups if isinstance(n_groups, int) and n_groups > int(g.max()) else None)
     n = torch.bincount(g, minlength=len(ga))
     present = ~ga.isnan()
@@ -447,7 +677,7 @@ def robust_accuracy(model: nn.Module, # the classifier
                    ) -> float: # fraction of samples correct both clean and under attack
     "Accuracy under an untargeted PGD attack (a sample counts only if it is also classified correctly when clean)."
     fn = "robust_accuracy"
-    norm, eps, alpha, steps = _check_pgd_params(fn, norm, eps, alpha, steps, random_start=random_start)
+    norm, eps, alpha, steps = check_pgd_params(fn, norm, eps, alpha, steps, random_start=random_start)
     batch_size = _check_eval(fn, model, data, batch_size)
     if isinstance(data, torch.Tensor): raise ValueError(f"{fn}: data must be a dataset with labels, got a tensor")
     dev = _resolve_device(model, device, fn)
@@ -457,7 +687,7 @@ def robust_accuracy(model: nn.Module, # the classifier
             x, y = x.to(dev), y.to(dev).long()
             check_tensor(x, "data inputs", fn, lo=0.0, hi=1.0)
             with torch.no_grad(): clean = model(x).argmax(1) == y
-            with torch.enable_grad(): xa = _pgd(model, x, y, norm, eps, alpha, steps, random_start=random_start)
+            with torch.enable_grad(): xa = pgd_batch(model, x, y, norm, eps, alpha, steps, random_start=random_start)
             with torch.no_grad(): ok += (clean & (model(xa).argmax(1) == y)).sum()
             n += len(y)
     return float(ok) / n

@@ -224,7 +224,7 @@ def test_works_under_no_grad_and_inference_mode(setup):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_no_host_sync_per_step_cuda():
-    from cfx_nb.attacks import _pgd
+    from cfx_nb.attacks import pgd_batch
     torch.manual_seed(0)
     model = SmallCNN(1, 10, 16).cuda().eval()
     x, y = torch.rand(64, 1, 16, 16, device="cuda"), torch.randint(0, 10, (64,), device="cuda")
@@ -232,7 +232,7 @@ def test_no_host_sync_per_step_cuda():
     try:
         for norm in ["l2", "linf"]:
             for kw in [{}, {"keep_best": True, "targeted": True}, {"random_start": True}]:
-                _pgd(model, x, y, norm, 0.5, 0.1, 5, **kw)
+                pgd_batch(model, x, y, norm, 0.5, 0.1, 5, **kw)
     finally:
         torch.cuda.set_sync_debug_mode(0)
 
@@ -290,6 +290,14 @@ def test_pgd_shape_mismatch(setup):
     with pytest.raises(ValueError, match="pgd: y has 11 labels but the batch has 12"): pgd(model, x, y[:11], **KW)
     with pytest.raises(ValueError, match="pgd: y must be a 1-d integer tensor"): pgd(model, x, y[:, None], **KW)
     with pytest.raises(ValueError, match="pgd: x has shape"): pgd(model, x[0, 0, 0], y, **KW)
+
+
+def test_empty_batch_is_refused_like_scfe(setup):
+    model, x, y = setup
+    for call, fn in [(lambda: pgd(model, x[:0], y[:0], **KW), "pgd"),
+                     (lambda: cfe_l2(model, x[:0], y[:0], lam=0.1, lr=0.01, steps=2), "cfe_l2")]:
+        with pytest.raises(ValueError) as e: call()
+        assert f"{fn}: x has shape (0, 1, 8, 8)" in str(e.value) and "N >= 1" in str(e.value)
 
 
 def test_pgd_bad_types(setup):

@@ -71,6 +71,8 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     assert set(calls) == {1, 2}  # epoch 0 was not redone
     assert _same_weights(model, ref_model)
     assert hist["loss"] == ref_hist["loss"] and hist["acc"] == ref_hist["acc"] and hist["epoch"] == [1, 2, 3]
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()  # rewritten from the history: no repeated epoch
+    assert [r.split(",")[:2] for r in rows[1:]] == [[str(e), repr(l)] for e, l in zip(hist["epoch"], hist["loss"])]
     # 4. a finished run is not trained again
     again = fit(model, data, ckpt_dir=tmp_path / "run", on_batch=lambda e, b: calls.append("again"), **ns["KW"])
     assert "again" not in calls and again["loss"] == hist["loss"]
@@ -279,3 +281,236 @@ def test_diverged_training_stops_with_a_clear_error_and_no_checkpoint(tmp_path):
             ckpt_dir=tmp_path / "ckpt")
     done = latest_checkpoint(tmp_path / "ckpt")  # the epochs before the divergence may be saved, never the diverged one
     assert done is None or all(torch.isfinite(p).all() for p in torch.load(done, weights_only=True)["model"].values())
+
+
+# ---------------------------------------------------------------- hardening: refused before any work, naming the parameter
+class _Items(Dataset):
+    """A dataset that is not stacked tensors (the per-batch checking path), like a file-backed one."""
+    def __init__(self, x, y, g=None): self.t = (x, y) if g is None else (x, y, g)
+    def __len__(self): return len(self.t[0])
+    def __getitem__(self, i): return tuple(a[i] for a in self.t)
+
+
+def _weights(m): return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def _finite(m): return all(torch.isfinite(v).all() for v in m.state_dict().values())
+
+
+@pytest.mark.parametrize("wrap", [TensorDataset, _Items])
+def test_evaluate_refuses_nan_inputs(blobs, wrap):
+    _, test = blobs
+    x, y, g = (t.clone() for t in test.tensors)
+    x[37, 3] = math.nan
+    with pytest.raises(ValueError) as e: evaluate(_mlp(), wrap(x, y, g))
+    assert "evaluate: data sample 37 has NaN or inf values" in str(e.value)
+    with pytest.raises(ValueError) as e: predict(_mlp(), wrap(x, y, g))
+    assert "predict: data sample 37 has NaN or inf values" in str(e.value)
+
+
+@pytest.mark.parametrize("wrap", [TensorDataset, _Items])
+@pytest.mark.parametrize("n_groups, msg", [("abc", "evaluate: n_groups='abc'"), (1, "evaluate: n_groups=1 but data has group ind"),
+                                           (0, "evaluate: n_groups=0"), (2.5, "evaluate: n_groups=2.5")])
+def test_evaluate_refuses_bad_n_groups(blobs, wrap, n_groups, msg):
+    _, test = blobs
+    with pytest.raises(ValueError) as e: evaluate(_mlp(), wrap(*test.tensors), n_groups=n_groups)
+    assert msg in str(e.value)
+    assert len(evaluate(_mlp(), wrap(*test.tensors), n_groups=6)["group_acc"]) == 4  # a valid n_groups still works
+
+
+def test_model_with_fewer_logits_than_classes(blobs):
+    train, test = blobs
+    x, y, g = train.tensors
+    y3 = y.clone(); y3[5] = 2  # three classes, a two-logit model
+    kw = dict(epochs=1, lr=0.1, device="cpu", progress=False)
+    calls = []
+    with pytest.raises(ValueError) as e: fit(_mlp(), TensorDataset(x, y3), on_batch=lambda *a: calls.append(a), **kw)
+    assert "fit: model returns 2 logits but train has labels up to 2" in str(e.value) and not calls
+    with pytest.raises(ValueError) as e: fit(_mlp(), _Items(x, y3), **kw)  # generic data: found in the batch, before its step
+    assert "fit: train sample 5 has label 2 but the model returns 2 logits" in str(e.value)
+    with pytest.raises(ValueError) as e: evaluate(_mlp(), TensorDataset(x, y3))
+    assert "evaluate: model returns 2 logits but data has labels up to 2" in str(e.value)
+    with pytest.raises(ValueError) as e: evaluate(_mlp(), _Items(x, y3))
+    assert "evaluate: data sample 5 has label 2 but the model returns 2 logits" in str(e.value)
+    ds = TensorDataset(x, y); ds.n_classes = 5  # a dataset that declares more classes than the model has
+    with pytest.raises(ValueError) as e: fit(_mlp(), ds, **kw)
+    assert "fit: model returns 2 logits but train has n_classes=5" in str(e.value)
+
+
+def test_fit_refuses_ckpt_dir_that_is_a_file(blobs, tmp_path):
+    train, _ = blobs
+    f = tmp_path / "ckpt"
+    f.write_text("not a directory")
+    m, calls = _mlp(), []
+    before = _weights(m)
+    with pytest.raises(ValueError) as e:
+        fit(m, train, epochs=2, lr=0.1, device="cpu", progress=False, ckpt_dir=f, on_batch=lambda *a: calls.append(a))
+    assert f"fit: ckpt_dir={str(f)!r} is an existing file" in str(e.value)
+    assert not calls and all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+def test_fit_refuses_nan_sample_in_memory_before_training(blobs):
+    train, _ = blobs
+    x, y, g = (t.clone() for t in train.tensors)
+    x[123, 0] = math.inf
+    m, calls = _mlp(), []
+    before = _weights(m)
+    with pytest.raises(ValueError) as e:
+        fit(m, Subset(TensorDataset(x, y, g), list(range(100, 200))), epochs=1, lr=0.1, device="cpu", progress=False,
+            on_batch=lambda *a: calls.append(a))
+    assert "fit: train sample 23 has NaN or inf values" in str(e.value)  # the index within the dataset given
+    assert not calls and all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+def test_fit_refuses_nan_sample_of_file_backed_data_before_its_step(blobs):
+    train, _ = blobs
+    x, y, g = (t.clone() for t in train.tensors)
+    x[300, 7] = math.nan
+    m, calls = _mlp(), []
+    with pytest.raises(ValueError) as e:
+        fit(m, _Items(x, y, g), epochs=1, batch_size=64, lr=0.1, device="cpu", progress=False, seed=3,
+            on_batch=lambda *a: calls.append(a))
+    assert "fit: train sample 300 has NaN or inf values" in str(e.value)
+    assert _finite(m) and len(calls) < 8  # stopped at the batch holding it, before that batch's step
+
+
+def test_non_finite_loss_restores_the_weights(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 10, generator=g), torch.randint(0, 2, (64,), generator=g)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
+    before = _weights(model)
+    with pytest.raises(FloatingPointError, match="the model's weights are put back"):
+        fit(model, TensorDataset(x, y), epochs=1, batch_size=16, lr=1e20, device="cpu", progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+# ---------------------------------------------------------------- metrics, logging, progress, tracker
+def test_metrics_csv_beside_checkpoints_and_logging(blobs, tmp_path, caplog):
+    import csv
+    train, test = blobs
+    with caplog.at_level("INFO", logger="cfx_nb.training"):
+        h = fit(_mlp(), train, epochs=3, batch_size=64, lr=0.1, val=test, device="cpu", progress=False, ckpt_dir=tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert list(rows[0]) == ["epoch", "loss", "acc", "val_acc", "val_wga", "lr", "time_s"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [float(r["loss"]) for r in rows] == h["loss"] and [float(r["val_wga"]) for r in rows] == h["val_wga"]
+    msgs = [r.getMessage() for r in caplog.records if r.name == "cfx_nb.training"]
+    assert sum(m.startswith("fit: epoch ") for m in msgs) == 3 and "fit: epoch 3/3" in msgs[-1]
+
+
+def test_one_progress_bar_over_epochs_and_none_by_default_off_a_terminal(blobs, capsys):
+    train, _ = blobs
+    fit(_mlp(), train, epochs=2, batch_size=64, lr=0.1, device="cpu")  # progress=None; pytest's stderr is no terminal
+    assert capsys.readouterr().err == ""
+    fit(_mlp(), train, epochs=2, batch_size=64, lr=0.1, device="cpu", progress=True)
+    err = capsys.readouterr().err
+    assert "fit: 100%" in err and "2/2" in err and "epoch 1" not in err  # no per-epoch bar
+
+
+def test_tensorboard_through_accelerate_tracker(blobs, tmp_path, monkeypatch):
+    import importlib.util
+    import accelerate.tracking
+    train, _ = blobs
+    have = importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
+    if not have:  # not installed: skipped cleanly by default, refused clearly when asked for
+        fit(_mlp(), train, epochs=1, batch_size=64, lr=0.1, device="cpu", progress=False, ckpt_dir=tmp_path / "a")
+        assert not (tmp_path / "a" / "tensorboard").exists()
+        with pytest.raises(ValueError, match="fit: tensorboard=True but neither tensorboard nor tensorboardX is installed"):
+            fit(_mlp(), train, epochs=1, lr=0.1, device="cpu", ckpt_dir=tmp_path / "b", tensorboard=True)
+    logged = []
+
+    class Fake:  # stands in for accelerate's TensorBoardTracker, recording what fit logs
+        def __init__(self, run_name, logging_dir): logged.append(("init", run_name, str(logging_dir)))
+        def start(self): logged.append("start")
+        def log(self, values, step): logged.append((step, dict(values)))
+        def finish(self): logged.append("finish")
+    monkeypatch.setattr(accelerate.tracking, "TensorBoardTracker", Fake)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "tensorboard" else real(n, *a))
+    h = fit(_mlp(), train, epochs=2, batch_size=64, lr=0.1, device="cpu", progress=False, ckpt_dir=tmp_path / "c")
+    assert logged[0] == ("init", "fit", str(tmp_path / "c" / "tensorboard")) and logged[-1] == "finish"
+    assert [s for s, _ in logged[2:4]] == [1, 2] and logged[3][1]["fit/loss"] == h["loss"][1]
+
+
+# ---------------------------------------------------------------- GPU-path options, checked on the CPU
+def test_compile_and_channels_last_options(blobs):
+    ns = _fixture()
+    kw = {**ns["KW"], "epochs": 1, "adversarial": None}
+    (m1, data), (m2, _), (m3, _) = ns["make"](), ns["make"](), ns["make"]()
+    h1 = fit(m1, data, **kw)
+    h2 = fit(m2, data, compile="eager", **kw)  # dynamo tracing, eager kernels: the same numbers
+    assert _same_weights(m1, m2) and h1["loss"] == h2["loss"]
+    # channels_last: the same maths in another memory layout (random draws like dropout masks or noise_like
+    # follow the layout, so compare without them)
+    (m4, _), kw = ns["make"](), {**kw, "augment": None}
+    m3[3], m4[3] = nn.Identity(), nn.Identity()
+    h3, h4 = fit(m3, data, channels_last=True, **kw), fit(m4, data, **kw)
+    assert h3["loss"] == pytest.approx(h4["loss"], rel=1e-4)
+    assert all(p.is_contiguous() for p in m3.parameters())  # memory format restored
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(m4.state_dict().values(), m3.state_dict().values()))
+    with pytest.raises(ValueError, match="fit: channels_last=1 is not one of True, False"):
+        fit(m3, data, **{**kw, "channels_last": 1})
+
+
+# ---------------------------------------------------------------- two processes (torchrun) on the CPU
+TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
+DDP_SETUP = textwrap.dedent('''
+    import torch, torch.nn as nn
+    from torch.utils.data import TensorDataset
+    def make():
+        g = torch.Generator().manual_seed(0)
+        y = torch.randint(0, 3, (64,), generator=g)
+        x = torch.rand(64, 6, generator=g) * 0.5 + y.view(-1, 1) * 0.2
+        x[:, 0] = torch.arange(64) / 64  # feature 0 names the sample, so that each process's shard can be read
+        torch.manual_seed(5)
+        return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)), TensorDataset(x, y)
+    def KW(seen):
+        def tag(x):  # an augmentation that records the samples this process trains on
+            seen.append((x[:, 0] * 64).round().long().tolist()); return x
+        return dict(epochs=2, lr=0.2, momentum=0.0, seed=3, device="cpu", progress=False, augment=tag)
+''')
+
+
+@pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed beside this python")
+def test_torchrun_two_processes_match_one_process_at_the_combined_batch(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SETUP + textwrap.dedent(f'''
+        import os
+        import cfx_nb.training as T
+        saves, real_save = [], T.save_checkpoint
+        T.save_checkpoint = lambda *a, **k: (saves.append(a[1]), real_save(*a, **k))[1]
+        seen = []
+        model, data = make()
+        h = T.fit(model, data, batch_size=8, ckpt_dir={str(tmp_path / "ckpt")!r}, val=data, **KW(seen))
+        torch.save({{"seen": seen, "state": model.state_dict(), "history": h, "saves": saves}},
+                   {str(tmp_path)!r} + f"/rank{{os.environ['RANK']}}.pt")
+    '''))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", str(script)], capture_output=True,
+                          text=True, timeout=240, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for e in range(2):  # each process sees its own half of every epoch; together, every sample once
+        s0 = [i for b in r0["seen"][4 * e:4 * e + 4] for i in b]
+        s1 = [i for b in r1["seen"][4 * e:4 * e + 4] for i in b]
+        assert len(s0) == len(s1) == 32 and not set(s0) & set(s1) and sorted(s0 + s1) == list(range(64))
+    assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])  # identical weights on both ranks
+    assert r0["saves"] == [1, 2] and r1["saves"] == []  # only rank 0 writes checkpoints
+    assert r0["history"]["val_acc"] == r1["history"]["val_acc"] and len(r0["history"]["val_acc"]) == 2
+    ns = {}
+    exec(DDP_SETUP, ns)
+    model, data = ns["make"]()
+    h = fit(model, data, batch_size=16, **ns["KW"]([]))  # one process, the combined batch
+    assert all(torch.allclose(model.state_dict()[k], r0["state"][k], atol=1e-5) for k in r0["state"])
+    assert h["loss"] == pytest.approx(r0["history"]["loss"], rel=1e-5)
+
+
+def test_make_accelerator_resets_an_incompatible_single_process_state():
+    from cfx_nb.core import make_accelerator
+    a = make_accelerator("cpu", "bf16")
+    assert a.device.type == "cpu" and a.mixed_precision == "bf16"
+    b = make_accelerator(torch.device("cpu"), "no")  # another precision: the shared state is reset, not an error
+    assert b.mixed_precision == "no" and b.num_processes == 1
+    with pytest.raises(ValueError, match="make_accelerator: mixed_precision='fp8' is not one of"):
+        make_accelerator("cpu", "fp8")
