@@ -326,7 +326,8 @@ class _Run:
 
 def _make_feed(acc, data: _Batches, cfg: FitConfig, n: int):
     "The epoch batches: one gather per batch from stacked tensors (single process), else a prepared DataLoader."
-    sampler = EpochShuffle(n, cfg.seed)
+    own = getattr(data.ds, "epoch_sampler", None)  # a dataset stored in chunks shuffles chunk by chunk (bounded memory)
+    sampler = own(cfg.seed) if own is not None and acc.num_processes == 1 else EpochShuffle(n, cfg.seed)
     if data.t is not None and acc.num_processes == 1:
         nbytes = sum(t.numel() * t.element_size() for t in data.t[:2])
         preload = cfg.preload if cfg.preload is not None else (acc.device.type != "cpu" and nbytes <= 2**31)
