@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import check_choice, check_labels, check_number, check_tensor, register_perturbation
+from .core import check_choice, check_labels, check_number, check_tensor, model_device, register_perturbation
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class _ClassDensity:
         self.classes_ = torch.as_tensor(classes)
         self._np, self._cache = {}, {}
         Xs = [X[Y == c] for c in classes]
+        del X                                                              # one copy of the data at a time (images)
         return Xs if self.projection is None else self._fit_ppca(Xs, fn)
 
     def _fit_ppca(self, Xs: list[np.ndarray], fn: str) -> list[np.ndarray]:
@@ -117,8 +118,8 @@ class _ClassDensity:
             pca = PCA(n_components=k, random_state=0).fit(X)
             D = X - pca.mean_
             Z = D @ pca.components_.T
-            if d > k:
-                s2 = float(((D - Z @ pca.components_) ** 2).sum() / (len(X) * (d - k)))
+            if d > k:                                                      # ‖r‖² = ‖x − μ‖² − ‖z‖² (W orthonormal)
+                s2 = float((np.einsum("ij,ij->", D, D) - np.einsum("ij,ij->", Z, Z)) / (len(X) * (d - k)))
                 s2 = max(s2, 1e-12 * float(D.var(0).mean()), 1e-300)          # a floor for degenerate data
                 self.sigma2_[c] = s2
                 inv2s2.append(0.5 / s2); reslog.append(-0.5 * (d - k) * math.log(2 * math.pi * s2))
@@ -666,6 +667,7 @@ def calibrate_tau(model: Callable, # the classifier the counterfactuals are for 
     if max_samples is not None and len(x) > max_samples:
         idx = torch.linspace(0, len(x) - 1, int(max_samples)).round().long()
         x, target = x[idx], target[idx]
+    if isinstance(model, nn.Module): x, target = x.to(model_device(model)), target.to(model_device(model))
     r0 = scfe(model, x, target, gamma=gamma, beta=beta, steps=steps, search_steps=search_steps, **kwargs)
     with torch.inference_mode(False), torch.enable_grad():
         xg = r0.x.detach().clone().requires_grad_(True)

@@ -416,6 +416,8 @@ def test_calibrate_tau_is_the_stated_rule():
     use = r0.valid & (move > 0)
     assert tau == pytest.approx((move[use] / pull[use]).median().item(), rel=1e-6)
     assert calibrate_tau(m, x, t, dens, ratio=0.5, **kw) == pytest.approx(0.5 * tau, rel=1e-6)
+    with pytest.raises(ValueError, match="calibrate_tau: none of the 16 τ = 0 counterfactuals is valid and moved"):
+        calibrate_tau(m, x, m(x).argmax(1), dens, **kw)                 # targets = the decisions: nothing moves
 
 
 def test_solver_version_and_lazy_sklearn():
