@@ -653,7 +653,7 @@ def calibrate_tau(model: Callable, # the classifier the counterfactuals are for 
                   max_samples: int | None = 256, # use at most this many inputs (evenly spaced); None: all
                   **kwargs, # further `scfe` arguments (loss, lo, hi, L0, ...)
                  ) -> float:
-    "τ = ρ · median 2‖x̃⁰ − x‖ / ‖∇ log q̂(x̃⁰, ỹ)‖ over the valid, moved τ = 0 counterfactuals x̃⁰: the plausibility pull equals the proximity pull."
+    "τ = ρ · median 2‖x̃⁰ − x‖ / ‖∇ log q̂(x̃⁰, ỹ)‖ over the valid (else all), moved τ = 0 counterfactuals x̃⁰: the plausibility pull equals the proximity pull."
     fn = "calibrate_tau"
     check_number(ratio, "ratio", fn, gt=0)
     if max_samples is not None: check_number(max_samples, "max_samples", fn, ge=1, integer=True)
@@ -674,9 +674,11 @@ def calibrate_tau(model: Callable, # the classifier the counterfactuals are for 
         grad, = torch.autograd.grad(density.log_prob(xg, target.to(xg.device)).sum(), xg)
     move = 2 * (r0.x - x.to(r0.x.device)).flatten(1).norm(dim=1)
     pull = grad.flatten(1).norm(dim=1)
-    use = r0.valid & (move > 0) & (pull > 0) & torch.isfinite(pull)
+    use = (move > 0) & (pull > 0) & torch.isfinite(pull)
     if not bool(use.any()):
-        raise ValueError(f"{fn}: none of the {len(x)} τ = 0 counterfactuals is valid and moved; raise gamma, steps or search_steps")
+        raise ValueError(f"{fn}: none of the {len(x)} τ = 0 counterfactuals moved; check the targets, or raise gamma, steps or search_steps")
+    if bool((use & r0.valid).any()): use = use & r0.valid
+    else: logger.warning("calibrate_tau: no τ = 0 counterfactual is valid; τ is calibrated on the %d that moved", int(use.sum()))
     tau = float(ratio * (move[use] / pull[use]).median())
     logger.info("calibrate_tau: τ = %.4g from %d of %d counterfactuals (median 2‖δ‖ = %.3g, median ‖∇ log q̂‖ = %.3g)",
                 tau, int(use.sum()), len(x), move[use].median().item(), pull[use].median().item())

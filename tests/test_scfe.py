@@ -414,9 +414,16 @@ def test_calibrate_tau_is_the_stated_rule():
     gr, = torch.autograd.grad(dens.log_prob(xg, t).sum(), xg)
     move, pull = 2 * (r0.x - x).norm(dim=1), gr.norm(dim=1)
     use = r0.valid & (move > 0)
+    assert use.any()
     assert tau == pytest.approx((move[use] / pull[use]).median().item(), rel=1e-6)
+    r1 = scfe(m, x, t, gamma=1e-3, beta=0.0, steps=2, search_steps=1)        # no valid one: the moved ones count
+    assert not r1.valid.any()
+    xg = r1.x.clone().requires_grad_()
+    gr1, = torch.autograd.grad(dens.log_prob(xg, t).sum(), xg)
+    ref1 = (2 * (r1.x - x).norm(dim=1) / gr1.norm(dim=1)).median().item()
+    assert calibrate_tau(m, x, t, dens, gamma=1e-3, beta=0.0, steps=2, search_steps=1) == pytest.approx(ref1, rel=1e-6)
     assert calibrate_tau(m, x, t, dens, ratio=0.5, **kw) == pytest.approx(0.5 * tau, rel=1e-6)
-    with pytest.raises(ValueError, match="calibrate_tau: none of the 16 τ = 0 counterfactuals is valid and moved"):
+    with pytest.raises(ValueError, match="calibrate_tau: none of the 16 τ = 0 counterfactuals moved"):
         calibrate_tau(m, x, m(x).argmax(1), dens, **kw)                 # targets = the decisions: nothing moves
 
 
