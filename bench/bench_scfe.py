@@ -23,7 +23,8 @@ trains 05_waterbirds' default source model (small CNN width 0.25, 24 px, scale 0
 15 epochs, seed 0), fits the PPCA-KDE (k = 16) on the training set, and reports `calibrate_tau` at the default
 preset's S-CFE settings (γ₀ = 10, β = 1e-3, 20 steps, 2 search steps; 256 training images, ỹ = 1 − y), 4σ̄²
 (the authors' weight 2.0 read as a sum-of-squares reconstruction weight), and on 256 other training images
-the flip rate, ℓ0, ℓ2 and distance to the target class's principal subspace at τ = 0, τ calibrated and 4σ̄².
+the flip rate, ℓ0, ℓ2 and distance to the target class's principal subspace at τ = 0, τ calibrated and 4σ̄²,
+and the median norm of ∇ log q̂ inside / outside the target class's span for the code density alone and the PPCA density.
 """
 from __future__ import annotations
 
@@ -95,6 +96,14 @@ def calibrate_waterbirds(args):
                              "l2": r.l2.mean().item(), "dist_to_target_subspace": kde.manifold_distance(r.x, t).mean().item(),
                              "log_q": kde.log_prob(r.x, t).mean().item(), "seconds": round(time.time() - t1, 1)}
     res["dist_original_to_target_subspace"] = kde.manifold_distance(x, t).mean().item()
+    W = torch.stack([torch.as_tensor(kde.pcas_[int(c)].components_) for c in t])           # N×k×d, float64
+    for name, f in [("code_only", kde.code_log_prob), ("ppca", kde.log_prob)]:            # the free directions
+        xg = x.double().clone().requires_grad_()
+        gr, = torch.autograd.grad(f(xg, t).sum(), xg)
+        gr = gr.flatten(1)
+        inside = torch.einsum("nkd,nd->nk", W, gr)
+        outside = gr - torch.einsum("nk,nkd->nd", inside, W)
+        res[f"grad_{name}_median_norm_inside_outside_span"] = [inside.norm(dim=1).median().item(), outside.norm(dim=1).median().item()]
     return res
 
 

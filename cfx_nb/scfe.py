@@ -350,6 +350,30 @@ def _bucketed(fn: Callable, # fn(points, rows) -> one value per row
         return fn(torch.cat([pts, pts[:1].expand(pad, -1)]), torch.cat([rows, rows[:1].expand(pad)]))[:n]
     return wrapped
 
+def _backtrack(fn: Callable, ya: torch.Tensor, g: torch.Tensor, fy: torch.Tensor, # f, the points y, ∇f(y), f(y)
+               x0a: torch.Tensor, lo_a: torch.Tensor, hi_a: torch.Tensor, ia: torch.Tensor | None, # anchors, box, rows
+               La: torch.Tensor, p: torch.Tensor, fp: torch.Tensor, bad: torch.Tensor, # L, prox point, f(p), failing: updated in place
+               *, beta: float, eta: float, eps: float, max_backtracks: int, trial_batch: int, N: int) -> None:
+    "Grow L by η only where f(p) exceeds the quadratic upper bound Q_L(p, y), trying K candidates L·η, …, L·η^K per failing sample in one call."
+    D, tried = ya.shape[1], 0
+    while tried < max_backtracks and bool(bad.any()):
+        ib = bad.nonzero().squeeze(1)
+        nb = len(ib)
+        K = max(1, min(trial_batch, max_backtracks - tried, max(N // 4, 1) // nb))   # same result as trying them in turn
+        Lc = La[ib, None] * eta ** torch.arange(1, K + 1, dtype=La.dtype, device=La.device)     # nb×K
+        yb, gb = ya[ib, None], g[ib, None]
+        pc = prox_l0_box(yb - gb / Lc[..., None], x0a[ib, None], _rows(lo_a, ib)[:, None], _rows(hi_a, ib)[:, None],
+                         beta / Lc[..., None])                                                   # nb×K×D
+        rows_b = (ib if ia is None else ia[ib]).repeat_interleave(K)
+        with torch.no_grad(): fpc = fn(pc.reshape(nb * K, D), rows_b).view(nb, K)
+        dc = pc - yb
+        okc = fpc <= fy[ib, None] + (dc * gb).sum(-1) + 0.5 * Lc * dc.square().sum(-1) + eps * (1 + fy[ib, None].abs())
+        found = okc.any(1)
+        j = torch.where(found, okc.to(torch.uint8).argmax(1), K - 1)                          # first passing
+        ar = torch.arange(nb, device=ib.device)
+        La[ib], p[ib], fp[ib], bad[ib] = Lc[ar, j], pc[ar, j], fpc[ar, j], ~found
+        tried += K
+
 def _fista(fn: Callable, # fn(points N'×D, rows or None) -> smooth objective f per row
            x0: torch.Tensor, # N×D originals (the start, and the anchors of the ℓ0 term)
            lo: torch.Tensor, hi: torch.Tensor, # 1×D or N×D box bounds
@@ -384,25 +408,8 @@ def _fista(fn: Callable, # fn(points N'×D, rows or None) -> smooth objective f 
         with torch.no_grad(): fp = fn(p, ia)
         d = p - ya
         bad = fp > fy + (d * g).sum(1) + 0.5 * La * d.square().sum(1) + eps * (1 + fy.abs())
-        tried = 0
-        while tried < max_backtracks and bool(bad.any()):   # grow L only where the upper bound fails
-            ib = bad.nonzero().squeeze(1)
-            nb = len(ib)
-            # try K candidates L·η, …, L·η^K per failing sample in one call (same result as trying them in turn)
-            K = max(1, min(trial_batch, max_backtracks - tried, max(N // 4, 1) // nb))
-            Lc = La[ib, None] * eta ** torch.arange(1, K + 1, dtype=La.dtype, device=La.device)     # nb×K
-            yb, gb = ya[ib, None], g[ib, None]
-            pc = prox_l0_box(yb - gb / Lc[..., None], x0a[ib, None], _rows(lo_a, ib)[:, None], _rows(hi_a, ib)[:, None],
-                             beta / Lc[..., None])                                                   # nb×K×D
-            rows_b = (ib if ia is None else ia[ib]).repeat_interleave(K)
-            with torch.no_grad(): fpc = fn(pc.reshape(nb * K, D), rows_b).view(nb, K)
-            dc = pc - yb
-            okc = fpc <= fy[ib, None] + (dc * gb).sum(-1) + 0.5 * Lc * dc.square().sum(-1) + eps * (1 + fy[ib, None].abs())
-            found = okc.any(1)
-            j = torch.where(found, okc.to(torch.uint8).argmax(1), K - 1)                          # first passing
-            ar = torch.arange(nb, device=ib.device)
-            La[ib], p[ib], fp[ib], bad[ib] = Lc[ar, j], pc[ar, j], fpc[ar, j], ~found
-            tried += K
+        _backtrack(fn, ya, g, fy, x0a, lo_a, hi_a, ia, La, p, fp, bad, beta=beta, eta=eta, eps=eps,
+                   max_backtracks=max_backtracks, trial_batch=trial_batch, N=N)
         Fp = fp + beta * (p != x0a).sum(1).to(fp.dtype)
         Fa, ta = _rows(Fx, ia), _rows(t, ia)
         acc = ~bad & (Fp <= Fa)
