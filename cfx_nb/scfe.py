@@ -5,6 +5,7 @@
 # %% ../nbs/03a_scfe.ipynb #34d2cb33
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -15,11 +16,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import check_choice, check_labels, check_number, check_tensor, register_perturbation
+from .core import check_choice, check_labels, check_number, check_tensor, model_device, register_perturbation
+
+logger = logging.getLogger(__name__)
+
+SCFE_VERSION = "2"  # bump when the solver or the densities change their results; experiment cache keys carry it
 
 # %% auto #0
-__all__ = ['LOSSES', 'prox_l0_box', 'class_loss', 'is_valid', 'KDE', 'GMM', 'SCFEResult', 'scfe', 'scfe_objective',
-           'pcfe_l0_perturbation']
+__all__ = ['logger', 'SCFE_VERSION', 'LOSSES', 'prox_l0_box', 'class_loss', 'is_valid', 'KDE', 'GMM', 'SCFEResult', 'scfe',
+           'scfe_objective', 'calibrate_tau', 'pcfe_l0_perturbation']
 
 # %% ../nbs/03a_scfe.ipynb #768e3f22
 def prox_l0_box(v: torch.Tensor, # N×D points at which to take the prox (a gradient step y − ∇f(y)/L)
@@ -62,37 +67,67 @@ def is_valid(logits: torch.Tensor, # model outputs, as for `class_loss`
     return _sign(target).to(logits.dtype) * _score(logits) > 0
 
 # %% ../nbs/03a_scfe.ipynb #04d26875
+_GMM_KWARGS = ("max_iter", "n_init", "init_params", "tol", "warm_start", "verbose", "verbose_interval",
+               "weights_init", "means_init", "precisions_init")
+
 def _as_numpy64(x: torch.Tensor) -> np.ndarray:
     return x.detach().reshape(len(x), -1).to("cpu", torch.float64).numpy()
 
+def _check_grid(values: Any, name: str, fn: str) -> list[float]:
+    "A non-empty 1-d sequence of finite numbers > 0 (a bandwidth grid), else ValueError naming `name`."
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or np.ndim(values) != 1 or len(values) == 0:
+        raise ValueError(f"{fn}: {name}={values!r} must be a non-empty 1-d sequence of numbers > 0")
+    return [float(check_number(v, f"{name}[{i}]", fn, gt=0)) for i, v in enumerate(values)]
+
 class _ClassDensity:
-    "Shared machinery of the per-class densities: an optional PCA projection, label lookup, input checks."
+    "Shared machinery of the per-class densities: per-class PCA code and residual (PPCA), label lookup, input checks."
     name = "density"
-    def __init__(self, projection: int | None = None): # PCA components for q̂ (None: the raw features)
-        if projection is not None: check_number(projection, "projection", self.name, ge=1, integer=True)
+    def __init__(self, projection: int | None = None): # PCA components k of each class (None: q̂ on the raw features)
+        if projection is not None: projection = int(check_number(projection, "projection", self.name, ge=1, integer=True))
         self.projection = projection
         self.classes_ = None
         self._cache = {}
 
-    def _fit_common(self, x, y) -> tuple[np.ndarray, np.ndarray]:
+    def _fit_common(self, x, y, min_count: int, what: str) -> list[np.ndarray]:
+        "Validate the training data, fit each class's mean, basis and residual variance; return each class's codes."
         fn = f"{self.name}.fit"
         x = check_tensor(x, "x", fn, floating=True)
         if x.ndim < 2 or len(x) < 2: raise ValueError(f"{fn}: x must have shape N×… with N >= 2, got {tuple(x.shape)}")
         y = check_labels(y, "y", None, fn, n=len(x))
         X, Y = _as_numpy64(x), y.cpu().numpy()
+        classes = np.unique(Y)
+        counts = [int((Y == c).sum()) for c in classes]
+        if min(counts) < min_count: raise ValueError(f"{fn}: every class needs >= {what} samples, got counts {counts}")
         self.feature_shape_ = tuple(x.shape[1:])
-        self._np = {}
-        if self.projection is not None:
-            from sklearn.decomposition import PCA
-            if self.projection > min(X.shape):
-                raise ValueError(f"{fn}: projection={self.projection} exceeds min(n_samples, n_features)={min(X.shape)}")
-            pca = PCA(n_components=self.projection).fit(X)
-            self.pca_ = pca
-            self._np["mean"], self._np["components"] = pca.mean_, pca.components_
-            X = pca.transform(X)
-        self.classes_ = torch.as_tensor(np.unique(Y))
-        self._cache = {}
-        return X, Y
+        self.classes_ = torch.as_tensor(classes)
+        self._np, self._cache = {}, {}
+        Xs = [X[Y == c] for c in classes]
+        del X                                                              # one copy of the data at a time (images)
+        return Xs if self.projection is None else self._fit_ppca(Xs, fn)
+
+    def _fit_ppca(self, Xs: list[np.ndarray], fn: str) -> list[np.ndarray]:
+        "Per class: mean μ_c, orthonormal top-k basis W_c, residual variance σ_c² (PPCA's ML estimate); returns the codes."
+        from sklearn.decomposition import PCA
+        k, d = self.projection, Xs[0].shape[1]
+        cap = min(min(len(X) for X in Xs) - 1, d)
+        if k > cap:
+            raise ValueError(f"{fn}: projection={k} exceeds min(n_samples of the smallest class − 1, n_features)={cap}")
+        self.pcas_, self.sigma2_, codes = {}, {}, []
+        means, bases, inv2s2, reslog = [], [], [], []
+        for c, X in zip(self.classes_.tolist(), Xs):
+            pca = PCA(n_components=k, random_state=0).fit(X)
+            D = X - pca.mean_
+            Z = D @ pca.components_.T
+            if d > k:                                                      # ‖r‖² = ‖x − μ‖² − ‖z‖² (W orthonormal)
+                s2 = float((np.einsum("ij,ij->", D, D) - np.einsum("ij,ij->", Z, Z)) / (len(X) * (d - k)))
+                s2 = max(s2, 1e-12 * float(D.var(0).mean()), 1e-300)          # a floor for degenerate data
+                self.sigma2_[c] = s2
+                inv2s2.append(0.5 / s2); reslog.append(-0.5 * (d - k) * math.log(2 * math.pi * s2))
+            self.pcas_[c] = pca
+            means.append(pca.mean_); bases.append(pca.components_); codes.append(Z)
+        self._np.update(mean=np.stack(means), basis=np.concatenate(bases))  # C×d, (C·k)×d
+        if d > k: self._np.update(inv2s2=np.array(inv2s2), reslog=np.array(reslog))
+        return codes
 
     def _tensors(self, like: torch.Tensor) -> dict:
         "The fitted arrays as tensors on `like`'s device and dtype (cached)."
@@ -108,13 +143,16 @@ class _ClassDensity:
         t["classes"] = self.classes_.to(like.device)
         return t
 
-    def project(self, x: torch.Tensor, # N×… inputs with the fitted feature shape
-               ) -> torch.Tensor:
-        "The (differentiable) code z in which q̂ lives: the flattened input, or its PCA projection."
-        z = x.reshape(len(x), -1)
-        if self.projection is None: return z
-        t = self._tensors(x)
-        return (z - t["mean"]) @ t["components"].T
+    def _split(self, x: torch.Tensor, ci: torch.Tensor, t: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        "Per sample, under its own class c: the code z = W_cᵀ(x − μ_c) and the residual r = (x − μ_c) − W_c z (None if k = d)."
+        v = x.reshape(len(x), -1)
+        if self.projection is None: return v, None
+        C, k = len(t["classes"]), self.projection
+        diff = v - t["mean"][ci]                                           # N×d
+        zown = (diff @ t["basis"].T).view(len(v), C, k) * F.one_hot(ci, C).to(v.dtype)[:, :, None]   # own block only
+        z = zown.sum(1)
+        if "inv2s2" not in t: return z, None
+        return z, diff - zown.reshape(len(v), C * k) @ t["basis"]
 
     def validate(self, x: Any, # inputs, N×…
                  y: Any, # class labels, N
@@ -134,34 +172,66 @@ class _ClassDensity:
                              f"(fitted classes: {self.classes_.tolist()})")
 
     def _class_index(self, y: torch.Tensor, t: dict) -> torch.Tensor:
-        return torch.searchsorted(t["classes"], y.to(t["classes"].dtype))
+        return torch.searchsorted(t["classes"], y.to(t["classes"].device, t["classes"].dtype))
+
+    def _parts(self, x, y, check: bool, fn: str):
+        if check: self.validate(x, y, fn)
+        t = self._tensors(x)
+        ci = self._class_index(y, t)
+        z, r = self._split(x, ci, t)
+        return z, r, ci, t
+
+    def project(self, x: torch.Tensor, # N×… inputs with the fitted feature shape
+                y: torch.Tensor, # N labels: sample i is projected on the basis of class y[i]
+               ) -> torch.Tensor:
+        "The (differentiable) code z in which p_c lives: the flattened input, or W_yᵀ(x − μ_y) under each sample's class."
+        return self._parts(x, y, True, f"{self.name}.project")[0]
+
+    def manifold_distance(self, x: torch.Tensor, # N×… inputs
+                          y: torch.Tensor, # N labels
+                         ) -> torch.Tensor:
+        "‖(I − W_yW_yᵀ)(x − μ_y)‖: the distance of each sample to class y's k-dimensional principal (affine) subspace."
+        fn = f"{self.name}.manifold_distance"
+        if self.projection is None: raise ValueError(f"{fn}: needs a density fitted with projection=k, got projection=None")
+        z, r, _, _ = self._parts(x, y, True, fn)
+        return torch.zeros(len(z), dtype=z.dtype, device=z.device) if r is None else r.norm(dim=1)
+
+    def code_log_prob(self, x: torch.Tensor, # N×… inputs
+                      y: torch.Tensor, # N labels
+                      check: bool = True, # validate the inputs
+                     ) -> torch.Tensor:
+        "log p_y(z), the code's density alone (scikit-learn's score_samples on the code); not a density of x when k < d."
+        z, _, ci, t = self._parts(x, y, check, f"{self.name}.code_log_prob")
+        return self._log_prob_z(z, ci, t)
 
     def log_prob(self, x: torch.Tensor, # N×… inputs (differentiable)
                  y: torch.Tensor, # N labels: sample i is scored under the density of class y[i]
                  check: bool = True, # validate the inputs (the solver checks once, then passes False)
                 ) -> torch.Tensor:
-        "log q̂(x_i, y_i) for every sample: a differentiable tensor with one value per sample."
-        if check: self.validate(x, y)
-        z = self.project(x)
-        t = self._tensors(z)
-        ci = self._class_index(y, t)
-        return self._log_prob_z(z, ci, t)
+        "log q̂(x_i, y_i) = log p_y(z) − ‖r‖²/(2σ_y²) − (d−k)/2·log(2πσ_y²): a normalised density on the whole input, one value per sample."
+        z, r, ci, t = self._parts(x, y, check, f"{self.name}.log_prob")
+        lp = self._log_prob_z(z, ci, t)
+        return lp if r is None else lp - r.square().sum(1) * t["inv2s2"][ci] + t["reslog"][ci]
 
 # %% ../nbs/03a_scfe.ipynb #d9126207
 class KDE(_ClassDensity):
-    "Per-class Gaussian kernel density estimate: bandwidth by scikit-learn cross-validation, evaluation in torch."
+    "Per-class Gaussian kernel density estimate (times the PPCA residual with `projection`): bandwidth by scikit-learn cross-validation, evaluation in torch."
     name = "KDE"
     def __init__(self,
-                 bandwidth: float | str = "cv", # 'cv' (GridSearchCV), 'scott', 'silverman' or a number
-                 projection: int | None = None, # fit q̂ on a k-component PCA code of the inputs (images)
-                 bandwidths: Any = None, # the CV grid; default 9 values log-spaced around Scott's rule
+                 bandwidth: float | str = "cv", # 'cv' (GridSearchCV), 'scott', 'silverman' or a number > 0
+                 projection: int | None = None, # per-class k-component PCA code plus residual (images); None: raw features
+                 bandwidths: Any = None, # the CV grid (numbers > 0); default 9 values log-spaced around Scott's rule
                  cv: int = 5, # cross-validation folds
                 ):
         super().__init__(projection)
         if isinstance(bandwidth, str): check_choice(bandwidth, ["cv", "scott", "silverman"], "bandwidth", "KDE")
         else: check_number(bandwidth, "bandwidth", "KDE", gt=0)
+        if bandwidths is not None:
+            bandwidths = _check_grid(bandwidths, "bandwidths", "KDE")
+            if bandwidth != "cv":
+                raise ValueError(f"KDE: bandwidths is the cross-validation grid, used only with bandwidth='cv', got bandwidth={bandwidth!r}")
         check_number(cv, "cv", "KDE", ge=2, integer=True)
-        self.bandwidth, self.bandwidths, self.cv = bandwidth, bandwidths, cv
+        self.bandwidth, self.bandwidths, self.cv = bandwidth, bandwidths, int(cv)
 
     def _choose_bandwidth(self, Z: np.ndarray) -> float:
         from sklearn.model_selection import GridSearchCV
@@ -177,17 +247,14 @@ class KDE(_ClassDensity):
     def fit(self, x: torch.Tensor, # N×… training inputs
             y: torch.Tensor, # N class labels
            ) -> KDE:
-        "Fit one KDE per class (bandwidth per class); returns self."
+        "Fit one KDE per class (bandwidth per class, on the class's code with `projection`); returns self."
         from sklearn.neighbors import KernelDensity
-        Z, Y = self._fit_common(x, y)
+        codes = self._fit_common(x, y, 2, "2")
         self.estimators_, self.bandwidths_ = {}, {}
-        counts = [int((Y == c).sum()) for c in self.classes_.tolist()]
-        if min(counts) < 2: raise ValueError(f"KDE.fit: every class needs >= 2 samples, got counts {counts}")
-        C, M, k = len(counts), max(counts), Z.shape[1]
+        C, M, k = len(codes), max(len(Z) for Z in codes), codes[0].shape[1]
         P, mask = np.zeros((C, M, k)), np.zeros((C, M), bool)
         inv2h2, lognorm = np.zeros(C), np.zeros(C)
-        for i, c in enumerate(self.classes_.tolist()):
-            Zc = Z[Y == c]
+        for i, (c, Zc) in enumerate(zip(self.classes_.tolist(), codes)):
             h = self._choose_bandwidth(Zc)
             self.bandwidths_[c] = h
             self.estimators_[c] = KernelDensity(kernel="gaussian", bandwidth=h).fit(Zc)
@@ -207,37 +274,44 @@ class KDE(_ClassDensity):
 
 # %% ../nbs/03a_scfe.ipynb #c8d66e49
 class GMM(_ClassDensity):
-    "Per-class Gaussian mixture: EM by scikit-learn's GaussianMixture, evaluation in torch."
+    "Per-class Gaussian mixture (times the PPCA residual with `projection`): EM by scikit-learn's GaussianMixture, evaluation in torch."
     name = "GMM"
     def __init__(self,
                  n_components: int = 5, # mixture components per class
                  covariance_type: str = "full", # 'full', 'tied', 'diag' or 'spherical' (as scikit-learn)
-                 projection: int | None = None, # fit q̂ on a k-component PCA code of the inputs (images)
+                 projection: int | None = None, # per-class k-component PCA code plus residual (images); None: raw features
                  reg_covar: float = 1e-6, # added to the covariances' diagonal (scikit-learn)
                  random_state: int = 0, # EM initialisation seed
-                 **kwargs, # further GaussianMixture arguments (max_iter, n_init, ...)
+                 **kwargs, # further GaussianMixture arguments: max_iter, n_init, init_params, tol, ...
                 ):
         super().__init__(projection)
         check_number(n_components, "n_components", "GMM", ge=1, integer=True)
         check_choice(covariance_type, ["full", "tied", "diag", "spherical"], "covariance_type", "GMM")
         check_number(reg_covar, "reg_covar", "GMM", ge=0)
-        self.n_components, self.covariance_type, self.reg_covar = n_components, covariance_type, reg_covar
-        self.random_state, self.kwargs = random_state, kwargs
+        check_number(random_state, "random_state", "GMM", ge=0, integer=True)
+        unknown = sorted(set(kwargs) - set(_GMM_KWARGS))
+        if unknown: raise ValueError(f"GMM: unknown parameter(s) {unknown}; allowed: {', '.join(_GMM_KWARGS)}")
+        for name in ("max_iter", "n_init", "verbose_interval"):
+            if name in kwargs: check_number(kwargs[name], name, "GMM", ge=1, integer=True)
+        if "tol" in kwargs: check_number(kwargs["tol"], "tol", "GMM", gt=0)
+        if "init_params" in kwargs:
+            check_choice(kwargs["init_params"], ["kmeans", "k-means++", "random", "random_from_data"], "init_params", "GMM")
+        self.n_components, self.covariance_type, self.reg_covar = int(n_components), covariance_type, reg_covar
+        self.random_state, self.kwargs = int(random_state), kwargs
 
     def fit(self, x: torch.Tensor, # N×… training inputs
             y: torch.Tensor, # N class labels
            ) -> GMM:
-        "Fit one mixture per class; returns self."
+        "Fit one mixture per class (on the class's code with `projection`); returns self."
         from sklearn.mixture import GaussianMixture
-        Z, Y = self._fit_common(x, y)
-        K, k = self.n_components, Z.shape[1]
-        counts = [int((Y == c).sum()) for c in self.classes_.tolist()]
-        if min(counts) < K: raise ValueError(f"GMM.fit: every class needs >= n_components={K} samples, got counts {counts}")
+        K = self.n_components
+        codes = self._fit_common(x, y, K, f"n_components={K}")
+        k = codes[0].shape[1]
         self.estimators_ = {}
         means, prec, logw, logdet = [], [], [], []
-        for c in self.classes_.tolist():
+        for c, Zc in zip(self.classes_.tolist(), codes):
             gm = GaussianMixture(K, covariance_type=self.covariance_type, reg_covar=self.reg_covar,
-                                 random_state=self.random_state, **self.kwargs).fit(Z[Y == c])
+                                 random_state=self.random_state, **self.kwargs).fit(Zc)
             self.estimators_[c] = gm
             pc = gm.precisions_cholesky_
             if self.covariance_type == "full": P = pc
@@ -276,6 +350,30 @@ def _bucketed(fn: Callable, # fn(points, rows) -> one value per row
         return fn(torch.cat([pts, pts[:1].expand(pad, -1)]), torch.cat([rows, rows[:1].expand(pad)]))[:n]
     return wrapped
 
+def _backtrack(fn: Callable, ya: torch.Tensor, g: torch.Tensor, fy: torch.Tensor, # f, the points y, ∇f(y), f(y)
+               x0a: torch.Tensor, lo_a: torch.Tensor, hi_a: torch.Tensor, ia: torch.Tensor | None, # anchors, box, rows
+               La: torch.Tensor, p: torch.Tensor, fp: torch.Tensor, bad: torch.Tensor, # L, prox point, f(p), failing: updated in place
+               *, beta: float, eta: float, eps: float, max_backtracks: int, trial_batch: int, N: int) -> None:
+    "Grow L by η only where f(p) exceeds the quadratic upper bound Q_L(p, y), trying K candidates L·η, …, L·η^K per failing sample in one call."
+    D, tried = ya.shape[1], 0
+    while tried < max_backtracks and bool(bad.any()):
+        ib = bad.nonzero().squeeze(1)
+        nb = len(ib)
+        K = max(1, min(trial_batch, max_backtracks - tried, max(N // 4, 1) // nb))   # same result as trying them in turn
+        Lc = La[ib, None] * eta ** torch.arange(1, K + 1, dtype=La.dtype, device=La.device)     # nb×K
+        yb, gb = ya[ib, None], g[ib, None]
+        pc = prox_l0_box(yb - gb / Lc[..., None], x0a[ib, None], _rows(lo_a, ib)[:, None], _rows(hi_a, ib)[:, None],
+                         beta / Lc[..., None])                                                   # nb×K×D
+        rows_b = (ib if ia is None else ia[ib]).repeat_interleave(K)
+        with torch.no_grad(): fpc = fn(pc.reshape(nb * K, D), rows_b).view(nb, K)
+        dc = pc - yb
+        okc = fpc <= fy[ib, None] + (dc * gb).sum(-1) + 0.5 * Lc * dc.square().sum(-1) + eps * (1 + fy[ib, None].abs())
+        found = okc.any(1)
+        j = torch.where(found, okc.to(torch.uint8).argmax(1), K - 1)                          # first passing
+        ar = torch.arange(nb, device=ib.device)
+        La[ib], p[ib], fp[ib], bad[ib] = Lc[ar, j], pc[ar, j], fpc[ar, j], ~found
+        tried += K
+
 def _fista(fn: Callable, # fn(points N'×D, rows or None) -> smooth objective f per row
            x0: torch.Tensor, # N×D originals (the start, and the anchors of the ℓ0 term)
            lo: torch.Tensor, hi: torch.Tensor, # 1×D or N×D box bounds
@@ -310,25 +408,8 @@ def _fista(fn: Callable, # fn(points N'×D, rows or None) -> smooth objective f 
         with torch.no_grad(): fp = fn(p, ia)
         d = p - ya
         bad = fp > fy + (d * g).sum(1) + 0.5 * La * d.square().sum(1) + eps * (1 + fy.abs())
-        tried = 0
-        while tried < max_backtracks and bool(bad.any()):   # grow L only where the upper bound fails
-            ib = bad.nonzero().squeeze(1)
-            nb = len(ib)
-            # try K candidates L·η, …, L·η^K per failing sample in one call (same result as trying them in turn)
-            K = max(1, min(trial_batch, max_backtracks - tried, max(N // 4, 1) // nb))
-            Lc = La[ib, None] * eta ** torch.arange(1, K + 1, dtype=La.dtype, device=La.device)     # nb×K
-            yb, gb = ya[ib, None], g[ib, None]
-            pc = prox_l0_box(yb - gb / Lc[..., None], x0a[ib, None], _rows(lo_a, ib)[:, None], _rows(hi_a, ib)[:, None],
-                             beta / Lc[..., None])                                                   # nb×K×D
-            rows_b = (ib if ia is None else ia[ib]).repeat_interleave(K)
-            with torch.no_grad(): fpc = fn(pc.reshape(nb * K, D), rows_b).view(nb, K)
-            dc = pc - yb
-            okc = fpc <= fy[ib, None] + (dc * gb).sum(-1) + 0.5 * Lc * dc.square().sum(-1) + eps * (1 + fy[ib, None].abs())
-            found = okc.any(1)
-            j = torch.where(found, okc.to(torch.uint8).argmax(1), K - 1)                          # first passing
-            ar = torch.arange(nb, device=ib.device)
-            La[ib], p[ib], fp[ib], bad[ib] = Lc[ar, j], pc[ar, j], fpc[ar, j], ~found
-            tried += K
+        _backtrack(fn, ya, g, fy, x0a, lo_a, hi_a, ia, La, p, fp, bad, beta=beta, eta=eta, eps=eps,
+                   max_backtracks=max_backtracks, trial_batch=trial_batch, N=N)
         Fp = fp + beta * (p != x0a).sum(1).to(fp.dtype)
         Fa, ta = _rows(Fx, ia), _rows(t, ia)
         acc = ~bad & (Fp <= Fa)
@@ -564,6 +645,51 @@ def scfe_objective(model: Callable, # the classifier
         obj = d.square().sum(1) + g * class_loss(model(x_cf), target, loss) + beta * (d != 0).sum(1).to(x.dtype)
         if tau > 0: obj = obj - tau * density.log_prob(x_cf, target)
     return obj
+
+# %% ../nbs/03a_scfe.ipynb #77230399
+def calibrate_tau(model: Callable, # the classifier the counterfactuals are for (the source model)
+                  x: torch.Tensor, # N×… inputs (a sample of the training set), inside the box
+                  target: torch.Tensor, # N target labels ỹ
+                  density: Any, # a fitted KDE/GMM (anything with log_prob(x, y)), the q̂ of Eq. (2)
+                  *,
+                  gamma: float, # γ of the τ = 0 solve (as in the experiment)
+                  beta: float, # β of the τ = 0 solve
+                  steps: int, # FISTA budget of the τ = 0 solve
+                  search_steps: int = 10, # bisection steps on γ
+                  ratio: float = 1.0, # ρ: the plausibility force as a multiple of the proximity force
+                  max_samples: int | None = 256, # use at most this many inputs (evenly spaced); None: all
+                  **kwargs, # further `scfe` arguments (loss, lo, hi, L0, ...)
+                 ) -> float:
+    "τ = ρ · median 2‖x̃⁰ − x‖ / ‖∇ log q̂(x̃⁰, ỹ)‖ over the valid (else all), moved τ = 0 counterfactuals x̃⁰: the plausibility pull equals the proximity pull."
+    fn = "calibrate_tau"
+    check_number(ratio, "ratio", fn, gt=0)
+    if max_samples is not None: check_number(max_samples, "max_samples", fn, ge=1, integer=True)
+    if not callable(getattr(density, "log_prob", None)):
+        raise ValueError(f"{fn}: density={type(density).__name__} has no log_prob(x, y) method; pass a fitted KDE or GMM")
+    if "tau" in kwargs or "density" in kwargs: raise ValueError(f"{fn}: tau and density are set by calibrate_tau itself")
+    x = check_tensor(x, "x", fn, floating=True)
+    if x.ndim < 2 or len(x) == 0: raise ValueError(f"{fn}: x must have shape N×… with N >= 1, got {tuple(x.shape)}")
+    target = check_labels(target, "target", None, fn, n=len(x))
+    if hasattr(density, "validate"): density.validate(x, target, fn, "target")
+    if max_samples is not None and len(x) > max_samples:
+        idx = torch.linspace(0, len(x) - 1, int(max_samples)).round().long()
+        x, target = x[idx], target[idx]
+    if isinstance(model, nn.Module): x, target = x.to(model_device(model)), target.to(model_device(model))
+    r0 = scfe(model, x, target, gamma=gamma, beta=beta, steps=steps, search_steps=search_steps, **kwargs)
+    with torch.inference_mode(False), torch.enable_grad():
+        xg = r0.x.detach().clone().requires_grad_(True)
+        grad, = torch.autograd.grad(density.log_prob(xg, target.to(xg.device)).sum(), xg)
+    move = 2 * (r0.x - x.to(r0.x.device)).flatten(1).norm(dim=1)
+    pull = grad.flatten(1).norm(dim=1)
+    use = (move > 0) & (pull > 0) & torch.isfinite(pull)
+    if not bool(use.any()):
+        raise ValueError(f"{fn}: none of the {len(x)} τ = 0 counterfactuals moved; check the targets, or raise gamma, steps or search_steps")
+    if bool((use & r0.valid).any()): use = use & r0.valid
+    else: logger.warning("calibrate_tau: no τ = 0 counterfactual is valid; τ is calibrated on the %d that moved", int(use.sum()))
+    tau = float(ratio * (move[use] / pull[use]).median())
+    logger.info("calibrate_tau: τ = %.4g from %d of %d counterfactuals (median 2‖δ‖ = %.3g, median ‖∇ log q̂‖ = %.3g)",
+                tau, int(use.sum()), len(x), move[use].median().item(), pull[use].median().item())
+    return tau
 
 # %% ../nbs/03a_scfe.ipynb #0a0eb1c9
 _SOLVER_OPTS = {"L0": 2.0, "eta": 2.0, "L_shrink": 0.9, "tol": 1e-5, "max_backtracks": 40, "gamma_growth": 10.0,

@@ -1,6 +1,7 @@
 """S-CFE (cfx_nb.scfe): the prox is exact, the box holds, accepted steps never increase Eq. (2), the solver
 reaches the exhaustive-search optimum on small linear problems, β buys sparsity, the densities agree with
-scikit-learn, and bad input is refused with a ValueError naming the parameter."""
+scikit-learn and scipy (the PPCA densities are normalised densities of the whole input), τ > 0 moves
+counterfactuals towards the target class's data, and bad input is refused with a ValueError naming the parameter."""
 import itertools
 import math
 
@@ -10,7 +11,8 @@ import torch
 import torch.nn as nn
 
 from cfx_nb.core import make_perturbation
-from cfx_nb.scfe import GMM, KDE, SCFEResult, class_loss, prox_l0_box, scfe, scfe_objective
+from cfx_nb.scfe import (GMM, KDE, SCFE_VERSION, SCFEResult, calibrate_tau, class_loss, prox_l0_box, scfe,
+                         scfe_objective)
 
 
 def _mlp(d=6, k=3, seed=0, dtype=torch.float32):
@@ -247,12 +249,20 @@ def test_density_agrees_with_sklearn(make):
     g = torch.Generator().manual_seed(2)
     q = (torch.randn(30, 4, generator=g) + 1).double()
     yq = torch.tensor([3, 7] * 15)
-    lp = dens.log_prob(q, yq)
-    z = dens.pca_.transform(q.numpy()) if dens.projection else q.numpy()
+    lp = dens.code_log_prob(q, yq)                                      # the code part: scikit-learn on each class's code
+    z = dens.project(q, yq).numpy()
+    if dens.projection:
+        for c in (3, 7):                                                # the code is the class's own PCA transform
+            np.testing.assert_allclose(z[yq.numpy() == c], dens.pcas_[c].transform(q[yq == c].numpy()), rtol=0, atol=1e-12)
     ref = np.where(yq.numpy() == 3, dens.estimators_[3].score_samples(z), dens.estimators_[7].score_samples(z))
     np.testing.assert_allclose(lp.numpy(), ref, rtol=1e-9, atol=1e-9)
-    lp32 = dens.log_prob(q.float(), yq)                                 # float32 evaluation stays close
+    if not dens.projection:                                             # raw features: q̂ is the code density
+        assert torch.equal(dens.log_prob(q, yq), lp)
+    lp32 = dens.code_log_prob(q.float(), yq)                            # float32 evaluation stays close
     np.testing.assert_allclose(lp32.numpy(), ref, rtol=1e-4, atol=1e-3)
+    full = dens.log_prob(q, yq)                                          # a mixed batch = each class on its own
+    for c in (3, 7):
+        assert torch.allclose(full[yq == c], dens.log_prob(q[yq == c], yq[yq == c]), rtol=1e-12, atol=1e-10)
 
 
 def test_density_gradient_is_correct():
@@ -272,6 +282,157 @@ def test_kde_bandwidth_is_the_cross_validated_one():
     for c in (3, 7):
         gs = GridSearchCV(KernelDensity(), {"bandwidth": grid}, cv=5).fit(x[y == c].numpy())
         assert kde.bandwidths_[c] == gs.best_params_["bandwidth"]
+
+
+# ------------------------------------------------------- PPCA densities: proper densities of the whole input
+def _low_rank_blobs(d=6, n=(80, 60), seed=3, dtype=torch.float64):
+    "Two classes near different 2-d affine subspaces of R^d (plus small isotropic noise)."
+    g = torch.Generator().manual_seed(seed)
+    xs = []
+    for i, m in enumerate(n):
+        A = torch.randn(2, d, generator=g)
+        xs.append(torch.randn(m, 2, generator=g) @ A + 0.2 * torch.randn(m, d, generator=g) + 2 * i)
+    return torch.cat(xs).to(dtype), torch.tensor([0] * n[0] + [1] * n[1])
+
+
+@pytest.mark.parametrize("cov", ["full", "diag"])
+def test_ppca_gmm_with_one_component_is_the_exact_gaussian(cov):
+    from scipy.stats import multivariate_normal
+    x, y = _low_rank_blobs()
+    dens = GMM(n_components=1, covariance_type=cov, projection=2).fit(x, y)
+    q = torch.randn(25, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 2
+    for c in (0, 1):
+        W, s2, gm = dens.pcas_[c].components_.T, dens.sigma2_[c], dens.estimators_[c]
+        S = gm.covariances_[0] if cov == "full" else np.diag(gm.covariances_[0])
+        mean = dens.pcas_[c].mean_ + W @ gm.means_[0]
+        covx = W @ S @ W.T + s2 * (np.eye(6) - W @ W.T)                 # PPCA: W Σ Wᵀ + σ²(I − WWᵀ)
+        ref = multivariate_normal(mean, covx).logpdf(q.numpy())
+        np.testing.assert_allclose(dens.log_prob(q, torch.full((25,), c)).numpy(), ref, rtol=1e-10, atol=1e-9)
+        # σ² is the mean residual energy per discarded dimension of the class's training data
+        X = x[y == c].numpy()
+        R = (X - dens.pcas_[c].mean_) @ (np.eye(6) - W @ W.T)
+        assert dens.sigma2_[c] == pytest.approx((R ** 2).sum() / (len(X) * 4), rel=1e-10)
+
+
+def test_full_rank_kde_is_sklearn_kernel_density():
+    from sklearn.neighbors import KernelDensity
+    x, y = _low_rank_blobs()
+    q = torch.randn(20, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for c in (0, 1):
+        dens = KDE(bandwidth=0.6, projection=6).fit(x, y)                # k = d: a rotation, no residual
+        ref = KernelDensity(bandwidth=0.6).fit(x[y == c].numpy()).score_samples(q.numpy())
+        np.testing.assert_allclose(dens.log_prob(q, torch.full((20,), c)).numpy(), ref, rtol=1e-10, atol=1e-9)
+    grid = [0.2, 0.3, 0.45, 0.7, 1.0]                                    # and on the same grid CV picks the same bandwidth
+    cv_rot, cv_raw = KDE(projection=6, bandwidths=grid).fit(x, y), KDE(bandwidths=grid).fit(x, y)
+    assert all(cv_rot.bandwidths_[c] == pytest.approx(cv_raw.bandwidths_[c]) for c in (0, 1))
+
+
+@pytest.mark.parametrize("make", [lambda: KDE(bandwidth="scott", projection=1), lambda: GMM(n_components=2, projection=1)])
+def test_ppca_density_integrates_to_one_in_2d(make):
+    g = torch.Generator().manual_seed(6)
+    t = torch.randn(200, 1, generator=g, dtype=torch.float64)
+    x = torch.cat([t, 0.5 * t], 1) + 0.15 * torch.randn(200, 2, generator=g, dtype=torch.float64)
+    dens = make().fit(x, torch.zeros(200, dtype=torch.long))
+    u = torch.linspace(-7, 7, 281, dtype=torch.float64)
+    grid = torch.cartesian_prod(u, u)
+    mass = dens.log_prob(grid, torch.zeros(len(grid), dtype=torch.long)).exp().sum() * (u[1] - u[0]) ** 2
+    assert mass.item() == pytest.approx(1.0, abs=2e-3)
+
+
+def test_off_manifold_lowers_log_prob_and_the_gradient_leaves_the_span():
+    x, y = _low_rank_blobs(d=10)
+    for dens in (KDE(projection=2).fit(x, y), GMM(n_components=2, projection=2).fit(x, y)):
+        W = torch.as_tensor(dens.pcas_[1].components_)                  # 2×10
+        u = torch.randn(10, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        u = u - W.T @ (W @ u); u = u / u.norm()                          # orthogonal to class 1's span
+        x1, y1 = x[y == 1][:30], torch.ones(30, dtype=torch.long)
+        mu = torch.as_tensor(dens.pcas_[1].mean_)
+        on = mu + ((x1 - mu) @ W.T) @ W                                  # the points projected onto class 1's subspace
+        assert torch.allclose(dens.manifold_distance(on, y1), torch.zeros(30, dtype=torch.float64), atol=1e-9)
+        last = dens.log_prob(on, y1)
+        for step in (0.5, 1.0, 2.0):
+            moved = on + step * u
+            lp = dens.log_prob(moved, y1)
+            assert (lp < last).all()                                      # further off the manifold, less plausible
+            assert torch.allclose(dens.log_prob(on, y1) - lp, torch.full_like(lp, step ** 2 / (2 * dens.sigma2_[1])))
+            assert torch.allclose(dens.code_log_prob(moved, y1), dens.code_log_prob(on, y1), atol=1e-9)
+            assert torch.allclose(dens.manifold_distance(moved, y1), torch.full_like(lp, step), atol=1e-9)
+            last = lp
+        def outside(fn):
+            xg = x1.clone().requires_grad_()
+            gr, = torch.autograd.grad(fn(xg, y1).sum(), xg)
+            return (gr - (gr @ W.T) @ W).norm(dim=1), (gr @ W.T).norm(dim=1)
+        out_code, in_code = outside(dens.code_log_prob)
+        out_full, _ = outside(dens.log_prob)
+        assert (out_code <= 1e-10 * (1 + in_code)).all()                 # the code density: free directions
+        assert (out_full > 1e-2).all()                                   # the PPCA density: a pull back
+
+
+def _digits_fixture():
+    "scikit-learn's 8×8 digits in [0,1]^64 and a small MLP trained on 1200 of them."
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    X, Y = torch.tensor(d.data, dtype=torch.float32) / 16, torch.tensor(d.target)
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    for _ in range(150):
+        loss = nn.functional.cross_entropy(m(X[:1200]), Y[:1200]); opt.zero_grad(); loss.backward(); opt.step()
+    return m.eval(), X, Y
+
+
+def test_pcfe_with_calibrated_tau_is_closer_to_the_target_manifold_and_valid():
+    m, X, Y = _digits_fixture()
+    assert (m(X[1200:]).argmax(1) == Y[1200:]).float().mean() > 0.9
+    dens = KDE(projection=8).fit(X[:1200], Y[:1200])
+    g = torch.Generator().manual_seed(1)
+    xc_, tc_ = X[:200], (m(X[:200]).argmax(1) + torch.randint(1, 10, (200,), generator=g)) % 10
+    kw = dict(gamma=1.0, beta=0.01, steps=60, search_steps=4)
+    tau = calibrate_tau(m, xc_, tc_, dens, max_samples=48, **kw)
+    assert tau > 0
+    x, t = X[1200:1240], (m(X[1200:1240]).argmax(1) + torch.randint(1, 10, (40,), generator=g)) % 10
+    r0 = scfe(m, x, t, **kw)
+    rt = scfe(m, x, t, tau=tau, density=dens, **kw)
+    assert r0.valid.float().mean() >= 0.95 and rt.valid.float().mean() >= 0.95
+    d0, dt = dens.manifold_distance(r0.x, t).mean().item(), dens.manifold_distance(rt.x, t).mean().item()
+    assert dt < 0.9 * d0, (d0, dt)                                       # closer to the target class's subspace
+    assert dens.log_prob(rt.x, t).mean() > dens.log_prob(r0.x, t).mean()
+    def knn(xs):                                                         # mean distance to the 5 nearest target-class points
+        return torch.stack([torch.cdist(xs[i:i + 1], X[:1200][Y[:1200] == t[i]]).topk(5, largest=False).values.mean()
+                            for i in range(len(xs))]).mean().item()
+    assert knn(rt.x) < knn(r0.x)
+
+
+def test_calibrate_tau_is_the_stated_rule():
+    m, X, Y = _digits_fixture()
+    dens = GMM(n_components=2, projection=6).fit(X[:600], Y[:600])
+    x, t = X[600:616], (m(X[600:616]).argmax(1) + 3) % 10
+    kw = dict(gamma=1.0, beta=0.01, steps=30, search_steps=3)
+    tau = calibrate_tau(m, x, t, dens, **kw)
+    r0 = scfe(m, x, t, **kw)
+    xg = r0.x.clone().requires_grad_()
+    gr, = torch.autograd.grad(dens.log_prob(xg, t).sum(), xg)
+    move, pull = 2 * (r0.x - x).norm(dim=1), gr.norm(dim=1)
+    use = r0.valid & (move > 0)
+    assert use.any()
+    assert tau == pytest.approx((move[use] / pull[use]).median().item(), rel=1e-6)
+    r1 = scfe(m, x, t, gamma=1e-3, beta=0.0, steps=2, search_steps=1)        # no valid one: the moved ones count
+    assert not r1.valid.any()
+    xg = r1.x.clone().requires_grad_()
+    gr1, = torch.autograd.grad(dens.log_prob(xg, t).sum(), xg)
+    ref1 = (2 * (r1.x - x).norm(dim=1) / gr1.norm(dim=1)).median().item()
+    assert calibrate_tau(m, x, t, dens, gamma=1e-3, beta=0.0, steps=2, search_steps=1) == pytest.approx(ref1, rel=1e-6)
+    assert calibrate_tau(m, x, t, dens, ratio=0.5, **kw) == pytest.approx(0.5 * tau, rel=1e-6)
+    with pytest.raises(ValueError, match="calibrate_tau: none of the 16 τ = 0 counterfactuals moved"):
+        calibrate_tau(m, x, m(x).argmax(1), dens, **kw)                 # targets = the decisions: nothing moves
+
+
+def test_solver_version_and_lazy_sklearn():
+    import subprocess, sys
+    assert SCFE_VERSION == "2"
+    code = "import sys, cfx_nb.scfe; print(any(k.startswith('sklearn') for k in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 # --------------------------------------------------------------------------------------- bad input
@@ -366,6 +527,36 @@ def test_bad_density_unfitted():
     (lambda: KDE(bandwidth=-1.0), "KDE: bandwidth=-1.0 must be a finite number > 0"),
     (lambda: KDE(bandwidth="auto"), "KDE: bandwidth='auto' is not one of 'cv', 'scott', 'silverman'"),
     (lambda: KDE(projection=0), "KDE: projection=0 must be an integer >= 1"),
+    (lambda: KDE(bandwidths=[-1.0, 0.5]), "KDE: bandwidths[0]=-1.0 must be a finite number > 0"),
+    (lambda: KDE(bandwidths=[0.5, float("nan")]), "KDE: bandwidths[1]=nan must be a finite number > 0"),
+    (lambda: KDE(bandwidths=[0.5, 0.0]), "KDE: bandwidths[1]=0.0 must be a finite number > 0"),
+    (lambda: KDE(bandwidths=[]), "KDE: bandwidths=[] must be a non-empty 1-d sequence"),
+    (lambda: KDE(bandwidths="0.5"), "KDE: bandwidths='0.5' must be a non-empty 1-d sequence"),
+    (lambda: KDE(bandwidths=[[0.1, 0.2]]), "KDE: bandwidths=[[0.1, 0.2]] must be a non-empty 1-d sequence"),
+    (lambda: KDE(bandwidth=0.5, bandwidths=[0.1, 0.2]), "KDE: bandwidths is the cross-validation grid, used only with bandwidth='cv'"),
+    (lambda: KDE(bandwidth=float("nan")), "KDE: bandwidth=nan must be a finite number > 0"),
+    (lambda: KDE(cv=1), "KDE: cv=1 must be an integer >= 2"),
+    (lambda: KDE(projection=2.5), "KDE: projection=2.5 must be an integer >= 1"),
+    (lambda: GMM(reg_covar=float("nan")), "GMM: reg_covar=nan"),
+    (lambda: GMM(random_state=-1), "GMM: random_state=-1 must be an integer >= 0"),
+    (lambda: GMM(max_itr=10), "GMM: unknown parameter(s) ['max_itr']"),
+    (lambda: GMM(max_iter=0), "GMM: max_iter=0 must be an integer >= 1"),
+    (lambda: GMM(n_init=0), "GMM: n_init=0 must be an integer >= 1"),
+    (lambda: GMM(tol=-1.0), "GMM: tol=-1.0 must be a finite number > 0"),
+    (lambda: GMM(init_params="best"), "GMM: init_params='best' is not one of"),
+    (lambda: GMM(n_components=2, projection=5).fit(torch.rand(10, 5), torch.tensor([0, 1] * 5)), "GMM.fit: projection=5 exceeds"),
+    (lambda: KDE(projection=2).fit(torch.rand(10, 3), torch.tensor([0, 1] * 5)).manifold_distance(torch.rand(2, 4), torch.tensor([0, 1])),
+     "KDE.manifold_distance: x has feature shape (4,)"),
+    (lambda: KDE(bandwidth=1.0).fit(torch.rand(10, 3), torch.tensor([0, 1] * 5)).manifold_distance(torch.rand(2, 3), torch.tensor([0, 1])),
+     "KDE.manifold_distance: needs a density fitted with projection=k"),
+    (lambda: calibrate_tau(_mlp(), torch.rand(4, 6), torch.tensor([0, 1, 2, 0]), None, gamma=1.0, beta=0.0, steps=5),
+     "calibrate_tau: density=NoneType has no log_prob"),
+    (lambda: calibrate_tau(_mlp(), torch.rand(4, 6), torch.tensor([0, 1, 2, 0]), KDE(bandwidth=0.3).fit(torch.rand(30, 6), torch.arange(30) % 3),
+                           gamma=1.0, beta=0.0, steps=5, ratio=0), "calibrate_tau: ratio=0 must be a finite number > 0"),
+    (lambda: calibrate_tau(_mlp(), torch.rand(4, 6), torch.tensor([0, 1, 2, 0]), KDE(bandwidth=0.3).fit(torch.rand(30, 6), torch.arange(30) % 3),
+                           gamma=1.0, beta=0.0, steps=5, max_samples=0), "calibrate_tau: max_samples=0 must be an integer >= 1"),
+    (lambda: calibrate_tau(_mlp(), torch.rand(4, 6), torch.tensor([0, 1, 2, 5]), KDE(bandwidth=0.3).fit(torch.rand(30, 6), torch.arange(30) % 3),
+                           gamma=1.0, beta=0.0, steps=5), "calibrate_tau: target contains class(es) [5]"),
     (lambda: GMM(covariance_type="block"), "GMM: covariance_type='block' is not one of"),
     (lambda: GMM(n_components=0), "GMM: n_components=0"),
     (lambda: KDE().fit(torch.rand(10, 3), torch.zeros(9, dtype=torch.long)), "KDE.fit: y has 9 labels but the batch has 10"),
