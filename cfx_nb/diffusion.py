@@ -431,22 +431,26 @@ def _bshape(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor: return v.view(
 def _grid(t_max: int, steps: int) -> list[int]:
     return torch.linspace(t_max, 0, steps).round().long().unique_consecutive().tolist()
 
-def _posterior_trace(eps_fn, x, t, labels, e, ac, generator) -> torch.Tensor:
-    "tr Cov[x₀|x_t]/d per sample, σ_t²(1 − s_t·tr J_ε/d), J_ε by finite differences (exact probes for d ≤ 16, else one Rademacher probe)."
+def _probes(x, generator) -> torch.Tensor:
+    "Probe directions for the Jacobian trace: the d basis vectors when d ≤ 16 (exact), else one Rademacher vector per sample."
     d = x[0].numel()
-    s = (1 - ac[t]).sqrt()
+    if d <= 16: return torch.eye(d, dtype=x.dtype, device=x.device).view(d, 1, *x.shape[1:]).expand(d, *x.shape)
+    dev = generator.device if generator is not None else x.device
+    return (2 * torch.randint(0, 2, x.shape, generator=generator, device=dev) - 1).to(x.device, x.dtype)[None]
+
+def _chain_eps(eps_fn, x, t, labels, ac, variance, generator=None):
+    """ε at (x, t) and, for the exact-variance step, tr Cov[x₀|x_t]/d = σ_t²(1 − s_t·tr J_ε/d) per sample, J_ε by finite
+    differences along the probes, evaluated in the same ε call."""
+    if variance != "posterior": return eps_fn(x, t, labels), torch.zeros_like(t, dtype=x.dtype)
+    d, s = x[0].numel(), (1 - ac[t]).sqrt()
     h = _bshape((1e-4 if x.dtype == torch.float64 else 1e-2) * s, x)
-    if d <= 16:                                         # basis probes: the exact trace of the finite-difference Jacobian
-        z = torch.eye(d, dtype=x.dtype, device=x.device).view(d, 1, *x.shape[1:]).expand(d, *x.shape)
-    else:
-        dev = generator.device if generator is not None else x.device
-        z = (2 * torch.randint(0, 2, x.shape, generator=generator, device=dev) - 1).to(x.device, x.dtype)[None]
+    z = _probes(x, generator)
     k = len(z)
     xp = (x[None] + h[None] * z).reshape(-1, *x.shape[1:])
-    ep = eps_fn(xp, t.repeat(k), labels.repeat(k)).view(k, *x.shape)
+    out = eps_fn(torch.cat([x, xp]), t.repeat(k + 1), labels.repeat(k + 1))
+    e, ep = out[:len(x)], out[len(x):].view(k, *x.shape)
     tr = ((ep - e[None]) * z).flatten(2).sum(-1).sum(0) / h.flatten()
-    sig2 = (1 - ac[t]) / ac[t]
-    return (sig2 * (1 - s * tr / d)).clamp_min(0)
+    return e, ((1 - ac[t]) / ac[t] * (1 - s * tr / d)).clamp_min(0)
 
 def _reverse_step(x, e, xhat_var, t, nxt, ac, clip, generator):
     "x_{nxt} ~ N(c₀x̂₀ + c_t x_t, β̃ + c₀²·v) per sample (nxt = -1: to x₀); v = tr Cov[x₀|x_t]/d (0: DDPM's fixed_small)."
@@ -460,11 +464,6 @@ def _reverse_step(x, e, xhat_var, t, nxt, ac, clip, generator):
     var = (1 - a_s) / (1 - a_t) * beta + c0 ** 2 * xhat_var
     z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return _bshape(c0, x) * x0 + _bshape(ct, x) * x + _bshape(var.clamp_min(0).sqrt(), x) * z
-
-def _chain_eps(eps_fn, x, t, labels, ac, variance, generator=None):
-    "ε at (x, t) and, for the exact-variance step, tr Cov[x₀|x_t]/d (one batched extra call)."
-    e = eps_fn(x, t, labels)
-    return e, (_posterior_trace(eps_fn, x, t, labels, e, ac, generator) if variance == "posterior" else torch.zeros_like(t, dtype=x.dtype))
 
 def _posterior_chain(eps_fn, x0, labels, tau, scheduler, steps, generator, progress=False, variance="posterior"):
     "Reverse chain from x_{τᵢ} = √ᾱ_{τᵢ}·x0ᵢ (per-sample start levels τ) down to x₀, on a common grid."
@@ -505,7 +504,7 @@ def _guided_chain(eps_fn, x0, labels, scheduler, steps, start_t, neighbourhood, 
 # %% ../nbs/09_diffusion.ipynb #55024d31
 SAMPLER_VERSION = 2  # bump whenever the CE sampler's output for given arguments changes (part of every CE cache key)
 
-def _boltzmann_start(eps_fn, x0, labels, scheduler, temperature, generator, variance, iters: int = 30) -> torch.Tensor:
+def _boltzmann_start(eps_fn, x0, labels, scheduler, temperature, generator, variance, iters: int = 12) -> torch.Tensor:
     "Per-sample σ₀ at the fixed point σ² = T·ρ(σ) + T² of the Gibbs skeleton, ρ(σ)² = E‖x − x°‖² under the Gaussian product."
     ac = scheduler.alphas_cumprod.to(x0.device, x0.dtype)
     d = x0[0].numel()
@@ -517,7 +516,7 @@ def _boltzmann_start(eps_fn, x0, labels, scheduler, temperature, generator, vari
         xhat = (xt - _bshape((1 - ac[tau]).sqrt(), x0) * e) / _bshape(ac[tau].sqrt(), x0)
         rho = ((xhat - x0).flatten(1).pow(2).sum(1) + d * v).double().sqrt()      # E‖x − x°‖² = ‖x̂₀ − x°‖² + tr Cov
         new = (temperature * rho + temperature ** 2).sqrt()
-        done = bool(((new - sig).abs() <= 1e-3 * sig).all())
+        done = bool(((new - sig).abs() <= 2e-3 * sig).all())
         sig = new
         if done: break
     return sig
