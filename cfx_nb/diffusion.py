@@ -251,7 +251,7 @@ def _ddpm_step(run: _DDPMRun, x0, lab, t, noise, ac, share: float, world: int, m
 
 def _ddpm_epoch(run: _DDPMRun, X, Y, batch_size, null, p_uncond, ac, T, rank, world, mp, dev) -> float:
     "One pass over the data: every rank draws the same global batch and noise, and trains on its own shard of it."
-    tot = torch.zeros((), dtype=torch.float64)
+    tot = torch.zeros((), dtype=torch.float64, device=dev)   # on the device: nccl reduces CUDA tensors only
     for idx in torch.randperm(len(X)).to(dev).split(batch_size):
         lab = Y[idx]
         if null is not None: lab = torch.where(torch.rand(len(lab), device=dev) < p_uncond, torch.full_like(lab, null), lab)
