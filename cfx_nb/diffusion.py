@@ -5,10 +5,13 @@
 # %% ../nbs/09_diffusion.ipynb #752697fa
 from __future__ import annotations
 
+import logging
 import math
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -16,21 +19,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from accelerate import Accelerator
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
-from diffusers.optimization import get_cosine_schedule_with_warmup
-from diffusers.training_utils import EMAModel
-
 from .core import eval_mode
 from .core import (check_choice, check_labels, check_number, check_tensor, get_device, latest_checkpoint,
                          load_checkpoint, load_torch, register_perturbation, save_checkpoint, seed_everything)
 
+if TYPE_CHECKING:  # diffusers is imported where it is used (importing it costs seconds)
+    from diffusers import DDPMScheduler, UNet2DModel
+
+logger = logging.getLogger(__name__)
+
 # %% auto #0
-__all__ = ['make_unet', 'make_scheduler', 'DiffusionBundle', 'train_ddpm', 'load_ddpm', 'eps_model', 'sample',
-           'sigma_to_timestep', 'sample_product', 'GaussianMixture', 'grid_moments', 'toy_mixture', 'toy_check',
-           'counterfactuals', 'counterfactuals_all_targets', 'diffusion_ce_perturbation', 'ce_distances',
+__all__ = ['logger', 'SAMPLER_VERSION', 'make_unet', 'make_scheduler', 'DiffusionBundle', 'train_ddpm', 'load_ddpm', 'eps_model',
+           'sample', 'sigma_to_timestep', 'sample_product', 'GaussianMixture', 'grid_moments', 'IsotropicMixture',
+           'image_scale_mixture', 'toy_mixture', 'toy_check', 'mixture_check', 'counterfactuals',
+           'counterfactuals_all_targets', 'ce_cache_key', 'diffusion_ce_perturbation', 'ce_distances',
            'ce_distance_classify', 'distance_to_other_ces', 'class_probabilities', 'accuracy_on_targets',
-           'confidence_by_distance', 'plot_counterfactuals']
+           'confidence_by_distance', 'ce_distance_classifier', 'ce_classifier_accuracy', 'ce_sanity_check',
+           'plot_counterfactuals']
 
 # %% ../nbs/09_diffusion.ipynb #6ac68c74
 def make_unet(image_size: int, # height = width of the images
@@ -44,6 +49,7 @@ def make_unet(image_size: int, # height = width of the images
               norm_num_groups: int = 8, # GroupNorm groups (must divide every channel count)
              ) -> UNet2DModel:
     "A small class-conditional `UNet2DModel` predicting ε; the class embedding has `n_classes` (+1 null) rows."
+    from diffusers import UNet2DModel
     fn = "make_unet"
     image_size = check_number(image_size, "image_size", fn, ge=4, integer=True)
     in_channels = check_number(in_channels, "in_channels", fn, ge=1, integer=True)
@@ -68,6 +74,7 @@ def make_scheduler(num_train_timesteps: int = 1000, # T, the number of noise lev
                    clip_sample: bool = True, # clip the predicted clean image to [-1, 1] at each step (images)
                   ) -> DDPMScheduler:
     "The DDPM noise schedule and ancestral sampler (diffusers' `DDPMScheduler`, ε-prediction)."
+    from diffusers import DDPMScheduler
     fn = "make_scheduler"
     T = check_number(num_train_timesteps, "num_train_timesteps", fn, ge=2, integer=True)
     check_choice(beta_schedule, ["squaredcos_cap_v2", "linear"], "beta_schedule", fn)
@@ -84,8 +91,10 @@ class DiffusionBundle:
     n_classes: int # real classes are 0 … n_classes-1
     null_class: int | None = None # the "no label" index for classifier-free guidance
     history: list = field(default_factory=list) # mean training loss per epoch
+    metrics: list = field(default_factory=list) # per-epoch training metrics (epoch, loss, lr, seconds, steps_per_s, …)
 
     def __post_init__(self):
+        from diffusers import DDPMScheduler, UNet2DModel
         fn = "DiffusionBundle"
         if not isinstance(self.unet, UNet2DModel):
             raise ValueError(f"{fn}: unet must be a diffusers UNet2DModel, got {type(self.unet).__name__}")
@@ -126,8 +135,9 @@ def _plain(cfg) -> dict:
     "A diffusers config as a dict of plain types (checkpoints are loaded with weights_only=True)."
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(cfg).items() if not k.startswith("_")}
 
-def _accelerator(dev: torch.device) -> Accelerator:
+def _accelerator(dev: torch.device):
     "An `Accelerator` for `dev` in full precision, leaving device placement to us (a previous incompatible state is reset)."
+    from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
     if AcceleratorState._shared_state and PartialState._shared_state and PartialState().num_processes == 1:
         st = AcceleratorState()
@@ -138,6 +148,8 @@ def _bundle_meta(unet, sched, n_classes, null_class) -> dict:
     return {"unet": _plain(unet.config), "scheduler": _plain(sched.config), "n_classes": n_classes, "null_class": null_class}
 
 def _bundle_from_meta(meta: dict, ema_state: dict, history: list, device) -> DiffusionBundle:
+    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers.training_utils import EMAModel
     unet = UNet2DModel.from_config(meta["unet"])
     ema = EMAModel(unet.parameters())
     ema.load_state_dict(ema_state)
@@ -146,6 +158,129 @@ def _bundle_from_meta(meta: dict, ema_state: dict, history: list, device) -> Dif
     return DiffusionBundle(unet, DDPMScheduler.from_config(meta["scheduler"]), meta["n_classes"], meta["null_class"], list(history))
 
 # %% ../nbs/09_diffusion.ipynb #e5a0ee55
+def _dist() -> tuple[int, int]:
+    "(rank, world size) of a torchrun launch, initialising the process group (gloo on CPU, nccl on CUDA) once; (0, 1) otherwise."
+    import os
+    import torch.distributed as dist
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1: return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() and os.environ.get("CFX_DIST_BACKEND") != "gloo" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+def _check_train_args(fn, x, y, n_classes, epochs, batch_size, lr, warmup, ema_decay, p_uncond, ckpt_every, seed,
+                      mixed_precision, dev) -> str:
+    "Validate train_ddpm's arguments; return the resolved mixed-precision mode."
+    check_tensor(x, "x", fn, ndim=4, floating=True, lo=0.0, hi=1.0)
+    check_number(n_classes, "n_classes", fn, ge=1, integer=True)
+    check_labels(y, "y", n_classes, fn, n=len(x))
+    check_number(epochs, "epochs", fn, ge=1, integer=True)
+    check_number(batch_size, "batch_size", fn, ge=1, integer=True)
+    check_number(lr, "lr", fn, gt=0)
+    check_number(warmup, "warmup", fn, ge=0, lt=1)
+    check_number(ema_decay, "ema_decay", fn, gt=0, lt=1)
+    check_number(p_uncond, "p_uncond", fn, ge=0, lt=1)
+    check_number(ckpt_every, "ckpt_every", fn, ge=1, integer=True)
+    check_number(seed, "seed", fn, ge=0, lt=2**32, integer=True)
+    check_choice(mixed_precision, ["auto", "no", "bf16", "fp16"], "mixed_precision", fn)
+    if len(x) == 0: raise ValueError(f"{fn}: x is empty")
+    if mixed_precision == "auto": return "bf16" if dev.type == "cuda" else "no"
+    if mixed_precision == "fp16" and dev.type != "cuda":
+        raise ValueError(f"{fn}: mixed_precision='fp16' needs a CUDA device (got {dev}); use 'bf16' or 'no'")
+    return mixed_precision
+
+@dataclass
+class _DDPMRun:
+    "The state of one train_ddpm run (model, optimiser, schedules, EMA, history)."
+    unet: nn.Module
+    opt: torch.optim.Optimizer
+    lrs: object
+    ema: object
+    scaler: object
+    meta: dict
+    history: list
+    metrics: list
+    start: int
+
+def _ddpm_setup(x, n_classes, unet, scheduler, null, epochs, batch_size, lr, warmup, ema_decay, dev, ckpt_dir, mp) -> _DDPMRun:
+    "Build (or resume) the optimiser, learning-rate schedule, EMA and loss scaler of a run."
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+    unet = unet.to(dev).train()
+    steps_per_epoch = math.ceil(len(x) / batch_size)
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    lrs = get_cosine_schedule_with_warmup(opt, round(warmup * epochs * steps_per_epoch), epochs * steps_per_epoch)
+    ema = EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
+    scaler = torch.amp.GradScaler("cuda") if mp == "fp16" else None
+    run = _DDPMRun(unet, opt, lrs, ema, scaler, _bundle_meta(unet, scheduler, n_classes, null), [], [], 0)
+    if ckpt_dir is not None and latest_checkpoint(ckpt_dir) is not None:
+        st = load_checkpoint(ckpt_dir, unet, opt, lrs)
+        run.start, run.history = st["epoch"], list(st["extra"]["history"])
+        run.metrics = list(st["extra"].get("metrics", []))
+        ema.load_state_dict(st["extra"]["ema"]); ema.to(dev)
+        if scaler is not None and "scaler" in st["extra"]: scaler.load_state_dict(st["extra"]["scaler"])
+    return run
+
+def _sync_grads(params, world: int) -> None:
+    "Sum every gradient over the ranks (each rank's loss is already scaled by its share of the global batch)."
+    if world == 1: return
+    import torch.distributed as dist
+    for p in params:
+        if p.grad is not None: dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+def _ddpm_step(run: _DDPMRun, x0, lab, t, noise, ac, share: float, world: int, mp: str, dev) -> float:
+    "One optimiser step; this rank's shard (possibly empty) adds `share` × its mean loss to the global objective."
+    run.opt.zero_grad(set_to_none=True)
+    loss = None
+    if len(x0):
+        xt = ac[t].sqrt().view(-1, 1, 1, 1) * x0 + (1 - ac[t]).sqrt().view(-1, 1, 1, 1) * noise
+        with torch.autocast(dev.type, dtype=torch.bfloat16 if mp == "bf16" else torch.float16, enabled=mp != "no"):
+            pred = run.unet(xt, t, class_labels=lab).sample
+        loss = F.mse_loss(pred.float(), noise)
+        (run.scaler.scale(loss * share) if run.scaler is not None else loss * share).backward()
+    if world > 1:
+        for p in run.unet.parameters():
+            if p.grad is None: p.grad = torch.zeros_like(p)
+    _sync_grads(run.unet.parameters(), world)
+    if run.scaler is not None: run.scaler.unscale_(run.opt)
+    torch.nn.utils.clip_grad_norm_(run.unet.parameters(), 1.0)
+    if run.scaler is not None: run.scaler.step(run.opt); run.scaler.update()
+    else: run.opt.step()
+    run.lrs.step(); run.ema.step(run.unet.parameters())
+    return loss.item() * len(x0) if loss is not None else 0.0
+
+def _ddpm_epoch(run: _DDPMRun, X, Y, batch_size, null, p_uncond, ac, T, rank, world, mp, dev) -> float:
+    "One pass over the data: every rank draws the same global batch and noise, and trains on its own shard of it."
+    tot = torch.zeros((), dtype=torch.float64, device=dev)   # on the device: nccl reduces CUDA tensors only
+    for idx in torch.randperm(len(X)).to(dev).split(batch_size):
+        lab = Y[idx]
+        if null is not None: lab = torch.where(torch.rand(len(lab), device=dev) < p_uncond, torch.full_like(lab, null), lab)
+        t = torch.randint(0, T, (len(idx),), device=dev)
+        noise = torch.randn(len(idx), *X.shape[1:], device=dev, dtype=X.dtype)
+        sh = torch.arange(len(idx), device=dev).tensor_split(world)[rank]          # this rank's shard of the batch
+        tot += _ddpm_step(run, _to_model(X[idx[sh]]), lab[sh], t[sh], noise[sh], ac, len(sh) / len(idx), world, mp, dev)
+    if world > 1:
+        import torch.distributed as dist
+        dist.all_reduce(tot, op=dist.ReduceOp.SUM)
+    return float(tot) / len(X)
+
+def _ddpm_save(run: _DDPMRun, ckpt_dir, epoch: int) -> None:
+    "Checkpoint and metrics CSV (rank 0 only)."
+    extra = {"ema": run.ema.state_dict(), "history": run.history, "bundle": run.meta, "metrics": run.metrics}
+    if run.scaler is not None: extra["scaler"] = run.scaler.state_dict()
+    save_checkpoint(ckpt_dir, epoch, run.unet, run.opt, run.lrs, extra=extra)
+    _write_metrics(Path(ckpt_dir) / "metrics.csv", run.metrics)
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    "Write the per-epoch metrics as CSV (atomically)."
+    import csv, os
+    if not rows: return
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0])); w.writeheader(); w.writerows(rows)
+    os.replace(tmp, path)
+
+# %% ../nbs/09_diffusion.ipynb #49d8440b
 def train_ddpm(x: torch.Tensor, # training images, N×C×H×W in [0,1]
                y: torch.Tensor, # their labels, N integers in [0, n_classes)
                n_classes: int, # number of classes
@@ -153,7 +288,7 @@ def train_ddpm(x: torch.Tensor, # training images, N×C×H×W in [0,1]
                unet: UNet2DModel | None = None, # the network; None: `make_unet(H, C, n_classes, null_class=p_uncond>0)`
                scheduler: DDPMScheduler | None = None, # the noise schedule; None: `make_scheduler()`
                epochs: int = 100, # passes over the data
-               batch_size: int = 128, # minibatch size
+               batch_size: int = 128, # global minibatch size (split over the ranks under torchrun)
                lr: float = 2e-3, # peak AdamW learning rate
                warmup: float = 0.05, # fraction of the steps spent warming the learning rate up
                ema_decay: float = 0.999, # largest EMA decay (reached after the EMA warm-up)
@@ -162,23 +297,16 @@ def train_ddpm(x: torch.Tensor, # training images, N×C×H×W in [0,1]
                ckpt_every: int = 10, # epochs between checkpoints
                device: str | torch.device = "auto", # where to train
                seed: int = 0, # seeds every RNG at the start of a fresh run
-               progress: bool = True, # tqdm bar over epochs
+               progress: bool = True, # one tqdm bar over the epochs
+               mixed_precision: str = "auto", # "no", "bf16", "fp16" (CUDA) autocast; "auto": bf16 on CUDA, no on CPU
               ) -> DiffusionBundle:
-    "Train a class-conditional DDPM (ε-prediction, EMA, optional label dropout); resumable through `ckpt_dir`."
+    "Train a class-conditional DDPM (ε-prediction, EMA, optional label dropout); resumable through `ckpt_dir`; data-parallel under torchrun."
     fn = "train_ddpm"
-    check_tensor(x, "x", fn, ndim=4, floating=True, lo=0.0, hi=1.0)
-    n_classes = check_number(n_classes, "n_classes", fn, ge=1, integer=True)
-    check_labels(y, "y", n_classes, fn, n=len(x))
-    epochs = check_number(epochs, "epochs", fn, ge=1, integer=True)
-    batch_size = check_number(batch_size, "batch_size", fn, ge=1, integer=True)
-    lr = float(check_number(lr, "lr", fn, gt=0))
-    warmup = float(check_number(warmup, "warmup", fn, ge=0, lt=1))
-    ema_decay = float(check_number(ema_decay, "ema_decay", fn, gt=0, lt=1))
-    p_uncond = float(check_number(p_uncond, "p_uncond", fn, ge=0, lt=1))
-    ckpt_every = check_number(ckpt_every, "ckpt_every", fn, ge=1, integer=True)
-    seed = check_number(seed, "seed", fn, ge=0, lt=2**32, integer=True)
     dev = get_device(device)
-    if len(x) == 0: raise ValueError(f"{fn}: x is empty")
+    mp = _check_train_args(fn, x, y, n_classes, epochs, batch_size, lr, warmup, ema_decay, p_uncond, ckpt_every, seed,
+                           mixed_precision, dev)
+    rank, world = _dist()
+    if world > 1 and dev.type == "cuda": dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     null = n_classes if p_uncond > 0 else None
     if ckpt_dir is None or latest_checkpoint(ckpt_dir) is None: seed_everything(seed)  # before the UNet's initialisation
     if unet is None: unet = make_unet(x.shape[-1], x.shape[1], n_classes, null_class=null is not None)
@@ -187,42 +315,27 @@ def train_ddpm(x: torch.Tensor, # training images, N×C×H×W in [0,1]
     except ValueError as e: raise ValueError(f"{fn}: {e}") from None
     if tuple(x.shape[1:]) != shape:
         raise ValueError(f"{fn}: x has shape {tuple(x.shape)}; the UNet takes (*, {', '.join(map(str, shape))})")
-
-    unet = unet.to(dev).train()
-    T = scheduler.config.num_train_timesteps
-    ac = scheduler.alphas_cumprod.to(dev)
-    steps_per_epoch = math.ceil(len(x) / batch_size)
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    lrs = get_cosine_schedule_with_warmup(opt, round(warmup * epochs * steps_per_epoch), epochs * steps_per_epoch)
-    ema = EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
-    acc = _accelerator(dev)
-    unet, opt = acc.prepare(unet, opt)
-    meta = _bundle_meta(acc.unwrap_model(unet), scheduler, n_classes, null)
-    start, history = 0, []
-    if ckpt_dir is not None and latest_checkpoint(ckpt_dir) is not None:
-        st = load_checkpoint(ckpt_dir, acc.unwrap_model(unet), opt, lrs)
-        start, history = st["epoch"], list(st["extra"]["history"])
-        ema.load_state_dict(st["extra"]["ema"]); ema.to(dev)
+    run = _ddpm_setup(x, n_classes, unet, scheduler, null, epochs, batch_size, lr, warmup, ema_decay, dev, ckpt_dir, mp)
+    if world > 1:                                   # every rank starts from rank 0's weights
+        import torch.distributed as dist
+        for p in run.unet.parameters(): dist.broadcast(p.data, 0)
+    T, ac = scheduler.config.num_train_timesteps, scheduler.alphas_cumprod.to(dev)
     X, Y = x.to(dev), y.to(dev, torch.long)
-    for epoch in tqdm(range(start, epochs), desc="train_ddpm", disable=not progress, initial=start, total=epochs):
-        tot = 0.0
-        for idx in torch.randperm(len(X)).to(dev).split(batch_size):
-            x0, lab = _to_model(X[idx]), Y[idx]
-            if null is not None: lab = torch.where(torch.rand(len(lab), device=dev) < p_uncond, torch.full_like(lab, null), lab)
-            t = torch.randint(0, T, (len(idx),), device=dev)
-            noise = torch.randn_like(x0)
-            xt = ac[t].sqrt().view(-1, 1, 1, 1) * x0 + (1 - ac[t]).sqrt().view(-1, 1, 1, 1) * noise
-            loss = F.mse_loss(unet(xt, t, class_labels=lab).sample, noise)
-            opt.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            acc.clip_grad_norm_(unet.parameters(), 1.0)
-            opt.step(); lrs.step(); ema.step(unet.parameters())
-            tot += loss.item() * len(idx)
-        history.append(tot / len(X))
-        if ckpt_dir is not None and ((epoch + 1) % ckpt_every == 0 or epoch + 1 == epochs):
-            save_checkpoint(ckpt_dir, epoch + 1, acc.unwrap_model(unet), opt, lrs,
-                            extra={"ema": ema.state_dict(), "history": history, "bundle": meta})
-    return _bundle_from_meta(meta, ema.state_dict(), history, dev)
+    for epoch in tqdm(range(run.start, epochs), desc=fn, disable=not progress or rank > 0, initial=run.start, total=epochs):
+        t0 = time.perf_counter()
+        run.history.append(_ddpm_epoch(run, X, Y, batch_size, null, p_uncond, ac, T, rank, world, mp, dev))
+        sec = time.perf_counter() - t0
+        run.metrics.append({"epoch": epoch + 1, "loss": run.history[-1], "lr": run.lrs.get_last_lr()[0], "seconds": sec,
+                            "steps_per_s": math.ceil(len(X) / batch_size) / sec, "mixed_precision": mp, "world_size": world})
+        logger.info("train_ddpm epoch %d/%d: loss %.5f (%.1f s)", epoch + 1, epochs, run.history[-1], sec)
+        if ckpt_dir is not None and rank == 0 and ((epoch + 1) % ckpt_every == 0 or epoch + 1 == epochs):
+            _ddpm_save(run, ckpt_dir, epoch + 1)
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+    b = _bundle_from_meta(run.meta, run.ema.state_dict(), run.history, dev)
+    b.metrics = list(run.metrics)
+    return b
 
 def load_ddpm(ckpt_dir: str | Path, # a `train_ddpm` checkpoint directory (or one checkpoint file)
               device: str | torch.device = "auto", # where to put the UNet
@@ -231,9 +344,14 @@ def load_ddpm(ckpt_dir: str | Path, # a `train_ddpm` checkpoint directory (or on
     p = Path(ckpt_dir)
     f = latest_checkpoint(p) if p.is_dir() else p
     if f is None or not f.is_file(): raise FileNotFoundError(f"load_ddpm: no train_ddpm checkpoint in {str(p)!r}")
-    st = load_torch(f)
-    if "bundle" not in st.get("extra", {}): raise ValueError(f"load_ddpm: {f} is not a train_ddpm checkpoint")
-    return _bundle_from_meta(st["extra"]["bundle"], st["extra"]["ema"], st["extra"]["history"], get_device(device))
+    try: st = load_torch(f)
+    except Exception as e:
+        raise ValueError(f"load_ddpm: {str(f)!r} is not a readable train_ddpm checkpoint (truncated or not a torch file: "
+                         f"{type(e).__name__}: {str(e)[:200]})") from None
+    ex = st.get("extra", {}) if isinstance(st, dict) else {}
+    if not isinstance(ex, dict) or not {"bundle", "ema", "history"} <= set(ex):
+        raise ValueError(f"load_ddpm: {str(f)!r} is not a train_ddpm checkpoint (no bundle/EMA state in it)")
+    return _bundle_from_meta(ex["bundle"], ex["ema"], ex["history"], get_device(device))
 
 # %% ../nbs/09_diffusion.ipynb #88349ee1
 def eps_model(bundle: DiffusionBundle, # the trained model
@@ -283,6 +401,7 @@ def sample(bundle: DiffusionBundle, # the trained model
     eps = eps_model(bundle, guidance_scale)
     dev = bundle.device
     g = torch.Generator(dev).manual_seed(check_number(seed, "seed", fn, ge=0, integer=True))
+    from diffusers import DDIMScheduler, DDPMScheduler
     cls = DDPMScheduler if sampler == "ddpm" else DDIMScheduler
     sched = cls.from_config(bundle.scheduler.config)
     sched.set_timesteps(steps)
@@ -309,35 +428,62 @@ def sigma_to_timestep(scheduler: DDPMScheduler, # the noise schedule
 # %% ../nbs/09_diffusion.ipynb #a68f3f29
 def _bshape(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor: return v.view(-1, *([1] * (like.ndim - 1))).to(like.dtype)
 
-def _step(sched: DDPMScheduler, eps, t: int, nxt: int, x, generator):
-    "One ancestral DDPM step from level t to level nxt (-1: to x₀) via the scheduler's `step()`."
-    sched.set_timesteps(timesteps=[t, nxt] if nxt >= 0 else [t])
-    return sched.step(eps, t, x, generator=generator).prev_sample
-
 def _grid(t_max: int, steps: int) -> list[int]:
     return torch.linspace(t_max, 0, steps).round().long().unique_consecutive().tolist()
 
-def _posterior_chain(eps_fn, x0, labels, tau, scheduler, steps, generator, progress=False):
+def _probes(x, generator) -> torch.Tensor:
+    "Probe directions for the Jacobian trace: the d basis vectors when d ≤ 16 (exact), else one Rademacher vector per sample."
+    d = x[0].numel()
+    if d <= 16: return torch.eye(d, dtype=x.dtype, device=x.device).view(d, 1, *x.shape[1:]).expand(d, *x.shape)
+    dev = generator.device if generator is not None else x.device
+    return (2 * torch.randint(0, 2, x.shape, generator=generator, device=dev) - 1).to(x.device, x.dtype)[None]
+
+def _chain_eps(eps_fn, x, t, labels, ac, variance, generator=None):
+    """ε at (x, t) and, for the exact-variance step, tr Cov[x₀|x_t]/d = σ_t²(1 − s_t·tr J_ε/d) per sample, J_ε by finite
+    differences along the probes, evaluated in the same ε call."""
+    if variance != "posterior": return eps_fn(x, t, labels), torch.zeros_like(t, dtype=x.dtype)
+    d, s = x[0].numel(), (1 - ac[t]).sqrt()
+    h = _bshape((1e-4 if x.dtype == torch.float64 else 1e-2) * s, x)
+    z = _probes(x, generator)
+    k = len(z)
+    xp = (x[None] + h[None] * z).reshape(-1, *x.shape[1:])
+    out = eps_fn(torch.cat([x, xp]), t.repeat(k + 1), labels.repeat(k + 1))
+    e, ep = out[:len(x)], out[len(x):].view(k, *x.shape)
+    tr = ((ep - e[None]) * z).flatten(2).sum(-1).sum(0) / h.flatten()
+    return e, ((1 - ac[t]) / ac[t] * (1 - s * tr / d)).clamp_min(0)
+
+def _reverse_step(x, e, xhat_var, t, nxt, ac, clip, generator):
+    "x_{nxt} ~ N(c₀x̂₀ + c_t x_t, β̃ + c₀²·v) per sample (nxt = -1: to x₀); v = tr Cov[x₀|x_t]/d (0: DDPM's fixed_small)."
+    a_t = ac[t]
+    a_s = torch.where(nxt >= 0, ac[nxt.clamp_min(0)], torch.ones_like(a_t))
+    x0 = (x - _bshape((1 - a_t).sqrt(), x) * e) / _bshape(a_t.sqrt(), x)
+    if clip is not None: x0 = x0.clamp(-clip, clip)
+    beta = 1 - a_t / a_s
+    c0 = a_s.sqrt() * beta / (1 - a_t)
+    ct = (1 - beta).sqrt() * (1 - a_s) / (1 - a_t)
+    var = (1 - a_s) / (1 - a_t) * beta + c0 ** 2 * xhat_var
+    z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return _bshape(c0, x) * x0 + _bshape(ct, x) * x + _bshape(var.clamp_min(0).sqrt(), x) * z
+
+def _posterior_chain(eps_fn, x0, labels, tau, scheduler, steps, generator, progress=False, variance="posterior"):
     "Reverse chain from x_{τᵢ} = √ᾱ_{τᵢ}·x0ᵢ (per-sample start levels τ) down to x₀, on a common grid."
-    sched = DDPMScheduler.from_config(scheduler.config)
-    ac = sched.alphas_cumprod.to(x0.device)
+    ac = scheduler.alphas_cumprod.to(x0.device, x0.dtype)
+    cfg = scheduler.config
+    clip = float(cfg.clip_sample_range) if cfg.clip_sample else None
     x = _bshape(ac[tau].sqrt(), x0) * x0
     grid = _grid(int(tau.max()), steps)
     for k, g in enumerate(tqdm(grid, disable=not progress, leave=False, desc="ce chain")):
         nxt = grid[k + 1] if k + 1 < len(grid) else -1
-        if bool((tau >= g).all()):                      # everyone is on the grid already: one plain step
-            x = _step(sched, eps_fn(x, torch.full_like(tau, g), labels), g, nxt, x, generator)
-            continue
-        idx = (tau > nxt).nonzero().squeeze(1)          # running samples, and those starting in (nxt, g)
+        idx = (tau > nxt).nonzero().squeeze(1)          # running samples, and those starting in (nxt, g]
+        if len(idx) == 0: continue
         cur = tau[idx].clamp(max=g)
-        e = eps_fn(x[idx], cur, labels[idx])
-        for c in cur.unique().tolist():
-            m = cur == c
-            x[idx[m]] = _step(sched, e[m], c, nxt, x[idx[m]], generator)
+        e, v = _chain_eps(eps_fn, x[idx], cur, labels[idx], ac, variance, generator)
+        x[idx] = _reverse_step(x[idx], e, v, cur, torch.full_like(cur, nxt), ac, clip, generator)
     return x
 
 def _guided_chain(eps_fn, x0, labels, scheduler, steps, start_t, neighbourhood, sigma, temperature, generator, progress=False):
     "The guided approximation: conditional ε corrected by the diffused-neighbourhood (or Tweedie) score, from x_{t_s}."
+    from diffusers import DDPMScheduler
     sched = DDPMScheduler.from_config(scheduler.config)
     ac = sched.alphas_cumprod.to(x0.device)
     ts = round(start_t * (sched.config.num_train_timesteps - 1))
@@ -356,6 +502,51 @@ def _guided_chain(eps_fn, x0, labels, scheduler, steps, start_t, neighbourhood, 
     return x
 
 # %% ../nbs/09_diffusion.ipynb #55024d31
+SAMPLER_VERSION = 2  # bump whenever the CE sampler's output for given arguments changes (part of every CE cache key)
+
+def _boltzmann_start(eps_fn, x0, labels, scheduler, temperature, generator, variance, iters: int = 12) -> torch.Tensor:
+    "Per-sample σ₀ at the fixed point σ² = T·ρ(σ) + T² of the Gibbs skeleton, ρ(σ)² = E‖x − x°‖² under the Gaussian product."
+    ac = scheduler.alphas_cumprod.to(x0.device, x0.dtype)
+    d = x0[0].numel()
+    sig = torch.full((len(x0),), math.sqrt(d) * temperature, device=x0.device, dtype=torch.float64)
+    for _ in range(iters):
+        tau, _ = sigma_to_timestep(scheduler, sig)
+        xt = _bshape(ac[tau].sqrt(), x0) * x0
+        e, v = _chain_eps(eps_fn, xt, tau, labels, ac, "posterior", generator)
+        xhat = (xt - _bshape((1 - ac[tau]).sqrt(), x0) * e) / _bshape(ac[tau].sqrt(), x0)
+        rho = ((xhat - x0).flatten(1).pow(2).sum(1) + d * v).double().sqrt()      # E‖x − x°‖² = ‖x̂₀ − x°‖² + tr Cov
+        new = (temperature * rho + temperature ** 2).sqrt()
+        done = bool(((new - sig).abs() <= 2e-3 * sig).all())
+        sig = new
+        if done: break
+    return sig
+
+def _gibbs(eps_fn, x0, labels, scheduler, temperature, steps, sweeps, min_sweeps, tol, start, generator, progress, variance):
+    "Gibbs sampler of the Boltzmann product over (x, w); returns the last x and per-sweep statistics."
+    lam, d = 1.0 / temperature, x0[0].numel()
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator is not None else "cpu")))
+    sig = (_boltzmann_start(eps_fn, x0, labels, scheduler, temperature, generator, variance) if start == "fixed_point"
+           else torch.full((len(x0),), math.sqrt(d) * temperature, device=x0.device, dtype=torch.float64))
+    stats, converged = [], False
+    for sweep in range(sweeps):
+        tau, used = sigma_to_timestep(scheduler, sig)
+        x = _posterior_chain(eps_fn, x0, labels, tau, scheduler, steps, generator, progress, variance)
+        rho = (x - x0).flatten(1).norm(dim=1).double().clamp_min(1e-12)
+        n = len(rho)
+        stats.append({"sweep": sweep + 1, "mean_sigma": float(used.double().mean()), "mean_rho": float(rho.mean()),
+                      "se_rho": float(rho.std() / math.sqrt(n)) if n > 1 else float("nan")})
+        if sweep + 1 >= min_sweeps and len(stats) > 1:
+            a, b = stats[-2], stats[-1]
+            se = math.hypot(a["se_rho"], b["se_rho"]) if n > 1 else 0.0
+            stats[-1]["change"] = abs(b["mean_rho"] - a["mean_rho"]) / b["mean_rho"]
+            converged = abs(b["mean_rho"] - a["mean_rho"]) <= tol * b["mean_rho"] + 2 * se
+            if converged: break
+        if sweep + 1 < sweeps:                      # w | x ~ IG(λ/(2ρ), λ²/2), then σ² = 1/(2w)
+            w = rng.wald(lam / (2 * rho.cpu().numpy()), lam * lam / 2)
+            sig = torch.from_numpy(1.0 / np.sqrt(2 * w)).to(x0.device)
+    return x, {"sweeps": stats, "converged": converged, "n_sweeps": len(stats)}
+
+# %% ../nbs/09_diffusion.ipynb #b8ea6573
 def sample_product(eps_fn: Callable, # ε(x_t, t, labels) with per-sample integer timesteps t
                    x0: torch.Tensor, # originals x°, B×… in model units
                    labels: torch.Tensor, # target class ỹ per original (B integers)
@@ -365,41 +556,46 @@ def sample_product(eps_fn: Callable, # ε(x_t, t, labels) with per-sample intege
                    sigma: float | None = None, # σ of the Gaussian neighbourhood (model units)
                    temperature: float | None = None, # T of the Boltzmann neighbourhood (model units)
                    steps: int = 50, # denoising steps from the (largest) start level
-                   method: str = "posterior", # "posterior" (exact start, Gibbs for Boltzmann) or "guided" (approximation)
-                   sweeps: int = 3, # Gibbs sweeps (posterior method, Boltzmann)
+                   method: str = "posterior", # "posterior" (exact start, Gibbs for Boltzmann) or "guided" (paper 1's approximation)
+                   sweeps: int = 3, # largest number of Gibbs sweeps (posterior method, Boltzmann)
                    start_t: float = 1.0, # guided method: start level as a fraction of T (1: pure noise)
                    generator: torch.Generator | None = None, # the sampler's random numbers
                    progress: bool = False, # tqdm bars
-                  ) -> torch.Tensor:
-    "Samples of p(x|ỹ)·r(x; x°), one per (x°, ỹ) pair, in model units."
+                   variance: str = "posterior", # per-step variance: "posterior" (β̃ + c₀²·tr Cov[x₀|x_t]/d) or "ddpm" (β̃, fixed_small)
+                   start: str = "fixed_point", # Boltzmann: first σ at the Gibbs skeleton's fixed point, or "prior" (σ₀ = √d·T)
+                   min_sweeps: int = 2, # Boltzmann: sweeps before the convergence test may stop the chain
+                   tol: float = 0.01, # Boltzmann: stop when the batch's mean ‖x − x°‖ changes by ≤ tol (relative) + 2 s.e.
+                   return_info: bool = False, # also return a dict of diagnostics (per-sweep statistics for Boltzmann)
+                  ) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    "Samples of p(x|ỹ)·r(x; x°), one per (x°, ỹ) pair, in model units (with `return_info`: and a diagnostics dict)."
     fn = "sample_product"
     check_choice(neighbourhood, ["gaussian", "boltzmann"], "neighbourhood", fn)
     check_choice(method, ["posterior", "guided"], "method", fn)
+    check_choice(variance, ["posterior", "ddpm"], "variance", fn)
+    check_choice(start, ["fixed_point", "prior"], "start", fn)
     if neighbourhood == "gaussian": sigma = float(check_number(sigma, "sigma", fn, gt=0))
     else: temperature = float(check_number(temperature, "temperature", fn, gt=0))
     steps = check_number(steps, "steps", fn, ge=1, le=scheduler.config.num_train_timesteps, integer=True)
     sweeps = check_number(sweeps, "sweeps", fn, ge=1, integer=True)
+    min_sweeps = check_number(min_sweeps, "min_sweeps", fn, ge=1, integer=True)
+    tol = float(check_number(tol, "tol", fn, ge=0))
     start_t = float(check_number(start_t, "start_t", fn, gt=0, le=1))
     check_tensor(x0, "x0", fn, floating=True)
     check_labels(labels, "labels", None, fn, n=len(x0))
-    if len(x0) == 0: return x0.clone()
-    labels = labels.to(x0.device, torch.long)
-    if method == "guided":
-        return _guided_chain(eps_fn, x0, labels, scheduler, steps, start_t, neighbourhood, sigma, temperature, generator, progress)
-    if neighbourhood == "gaussian":
-        tau, _ = sigma_to_timestep(scheduler, torch.full((len(x0),), sigma, device=x0.device))
-        return _posterior_chain(eps_fn, x0, labels, tau, scheduler, steps, generator, progress)
-    lam, d = 1.0 / temperature, x0[0].numel()
-    rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator is not None else "cpu")))
-    sig = torch.full((len(x0),), math.sqrt(d) * temperature, device=x0.device, dtype=torch.float64)
-    for sweep in range(sweeps):
-        tau, _ = sigma_to_timestep(scheduler, sig)
-        x = _posterior_chain(eps_fn, x0, labels, tau, scheduler, steps, generator, progress)
-        if sweep + 1 < sweeps:                      # w | x ~ IG(λ/(2ρ), λ²/2), then σ² = 1/(2w)
-            rho = (x - x0).flatten(1).norm(dim=1).double().clamp_min(1e-12).cpu().numpy()
-            w = rng.wald(lam / (2 * rho), lam * lam / 2)
-            sig = torch.from_numpy(1.0 / np.sqrt(2 * w)).to(x0.device)
-    return x
+    info = {"method": method, "neighbourhood": neighbourhood, "variance": variance, "version": SAMPLER_VERSION}
+    if len(x0) == 0: x = x0.clone()
+    elif method == "guided":
+        x = _guided_chain(eps_fn, x0, labels.to(x0.device, torch.long), scheduler, steps, start_t, neighbourhood, sigma,
+                          temperature, generator, progress)
+    elif neighbourhood == "gaussian":
+        tau, used = sigma_to_timestep(scheduler, torch.full((len(x0),), sigma, device=x0.device))
+        x = _posterior_chain(eps_fn, x0, labels.to(x0.device, torch.long), tau, scheduler, steps, generator, progress, variance)
+        info["sigma_used"] = float(used[0])
+    else:
+        x, gibbs = _gibbs(eps_fn, x0, labels.to(x0.device, torch.long), scheduler, temperature, steps, sweeps,
+                          min(min_sweeps, sweeps), tol, start, generator, progress, variance)
+        info.update(gibbs)
+    return (x, info) if return_info else x
 
 # %% ../nbs/09_diffusion.ipynb #19c69ba5
 class GaussianMixture:
@@ -477,6 +673,88 @@ def grid_moments(log_density: Callable, # unnormalised log density of N×2 point
     m = (w[:, None] * p).sum(0)
     return m, ((w[:, None] * (p - m)).T @ (p - m))
 
+class IsotropicMixture:
+    "A mixture of isotropic Gaussians Σ w_k N(μ_k, v_k I) in any dimension: closed-form noisy score, exact product moments of ‖x − x°‖."
+    def __init__(self,
+                 means: torch.Tensor, # K×d component means
+                 variances: torch.Tensor, # K component variances v_k > 0
+                 weights: torch.Tensor, # K mixture weights (normalised here)
+                ):
+        fn = "IsotropicMixture"
+        check_tensor(means, "means", fn, ndim=2, floating=True)
+        K = len(means)
+        check_tensor(variances, "variances", fn, shape=(K,), floating=True)
+        check_tensor(weights, "weights", fn, shape=(K,), lo=0.0)
+        if not bool((variances > 0).all()): raise ValueError(f"{fn}: variances must be > 0, got {variances.tolist()}")
+        self.means, self.variances = means, variances.to(means.dtype)
+        self.weights = weights.to(means.dtype) / weights.sum()
+
+    @property
+    def dim(self) -> int: return self.means.shape[1]
+
+    def eps(self, x: torch.Tensor, # N×d noisy points x_t
+            t: torch.Tensor, # N integer timesteps
+            alphas_cumprod: torch.Tensor, # the schedule's ᾱ
+           ) -> torch.Tensor:
+        "ε*(x_t, t) = -√(1-ᾱ_t)·∇log p_t(x_t), p_t = Σ w_k N(√ᾱ_t μ_k, (ᾱ_t v_k + 1 − ᾱ_t) I)."
+        ac = alphas_cumprod.to(x.device, x.dtype)[t][:, None]                          # N×1
+        V = ac * self.variances + (1 - ac)                                               # N×K
+        a = ac.sqrt()
+        sq = x.pow(2).sum(1, keepdim=True) - 2 * a * (x @ self.means.T) + ac * self.means.pow(2).sum(1)   # ‖x − √ᾱμ_k‖², N×K
+        logn = -0.5 * sq / V - 0.5 * self.dim * V.log() + self.weights.log()
+        pv = torch.softmax(logn, -1) / V                                                 # π_k / V_k
+        score = -(pv.sum(1, keepdim=True) * x - a * (pv @ self.means))
+        return -(1 - ac).sqrt() * score
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        "n samples."
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype)
+        return self.means[k] + self.variances[k].sqrt()[:, None] * z
+
+    def times_gaussian(self, x0: torch.Tensor, sigma: float) -> IsotropicMixture:
+        "The normalised product p(x)·N(x; x°, σ²I), again an isotropic mixture."
+        v = 1 / (1 / self.variances + 1 / sigma ** 2)
+        m = v[:, None] * (self.means / self.variances[:, None] + x0 / sigma ** 2)
+        V = self.variances + sigma ** 2
+        logw = self.weights.log() - 0.5 * (self.means - x0).pow(2).sum(1) / V - 0.5 * self.dim * V.log()
+        return IsotropicMixture(m, v, torch.softmax(logw, 0))
+
+    def distance_moments(self, x0: torch.Tensor, # the centre x° (d,)
+                         neighbourhood: str | None = None, # None (p itself), "gaussian" or "boltzmann"
+                         width: float | None = None, # σ or T of the neighbourhood
+                         n: int = 20001, # quadrature points
+                        ) -> tuple[float, float]:
+        "E‖x − x°‖ and sd under p(x)·r(x; x°) by 1-D quadrature (ρ²/v_k is noncentral χ² with d degrees of freedom)."
+        from scipy.stats import ncx2
+        fn = "IsotropicMixture.distance_moments"
+        if neighbourhood is not None:
+            check_choice(neighbourhood, ["gaussian", "boltzmann"], "neighbourhood", fn)
+            width = float(check_number(width, "width", fn, gt=0))
+        v = self.variances.double().numpy()
+        nc = ((self.means - x0).double().pow(2).sum(1)).numpy() / v
+        d = self.dim
+        hi = float(np.max(np.sqrt(v * (d + nc + 12 * np.sqrt(2 * d + 4 * nc)))))
+        rho = np.linspace(hi / n, hi, n)
+        logf = np.stack([ncx2.logpdf(rho ** 2 / vk, d, nk) + np.log(2 * rho / vk) for vk, nk in zip(v, nc)])
+        logp = np.logaddexp.reduce(logf + np.log(self.weights.double().numpy())[:, None], axis=0)
+        if neighbourhood == "gaussian": logp = logp - rho ** 2 / (2 * width ** 2)
+        elif neighbourhood == "boltzmann": logp = logp - rho / width
+        p = np.exp(logp - logp.max()); p /= p.sum()
+        m = float((p * rho).sum())
+        return m, float(np.sqrt(max((p * (rho - m) ** 2).sum(), 0.0)))
+
+def image_scale_mixture(d: int = 3072, # dimension (3072 = 3×32×32)
+                        seed: int = 0,
+                       ) -> tuple[IsotropicMixture, torch.Tensor]:
+    "A target class at image scale (3 isotropic components, pixel sd 0.2–0.3 in model units) and an original x° of another class."
+    g = torch.Generator().manual_seed(seed)
+    D = torch.float64
+    means = 0.4 * torch.randn(3, d, generator=g, dtype=D)
+    gm = IsotropicMixture(means, torch.tensor([0.04, 0.06, 0.09], dtype=D), torch.tensor([0.3, 0.45, 0.25], dtype=D))
+    x0 = 0.4 * torch.randn(d, generator=g, dtype=D) + 0.25 * torch.randn(d, generator=g, dtype=D)
+    return gm, x0
+
 # %% ../nbs/09_diffusion.ipynb #a6b41c78
 def toy_mixture() -> GaussianMixture:
     "The 2-D target-class mixture of the toy check (three anisotropic components)."
@@ -496,6 +774,7 @@ def toy_check(neighbourhood: str = "gaussian", # "gaussian" or "boltzmann"
               sweeps: int = 6, # Gibbs sweeps (Boltzmann)
               start_t: float = 1.0, # guided method's start level
               seed: int = 0,
+              variance: str = "posterior", # the per-step variance of the posterior chain ("posterior" or "ddpm")
              ) -> dict:
     "Run `sample_product` with the exact ε* of `toy_mixture()`; return its moments, the exact ones, and the errors."
     gm, sch = toy_mixture(), make_scheduler(1000, "linear", clip_sample=False)
@@ -504,23 +783,59 @@ def toy_check(neighbourhood: str = "gaussian", # "gaussian" or "boltzmann"
     eps_fn = lambda x, t, y: gm.eps(x, t, sch.alphas_cumprod)
     kw = dict(sigma=width) if neighbourhood == "gaussian" else dict(temperature=width)
     xs = sample_product(eps_fn, xo.repeat(n, 1), torch.zeros(n, dtype=torch.long), sch, neighbourhood=neighbourhood,
-                        steps=steps, method=method, sweeps=sweeps, start_t=start_t, generator=g, **kw)
+                        steps=steps, method=method, sweeps=sweeps, start_t=start_t, generator=g, variance=variance, **kw)
     if neighbourhood == "gaussian": m, C = gm.times_gaussian(xo, width).moments()
     else: m, C = grid_moments(lambda p: gm.log_prob(p) - (p - xo).norm(dim=1) / width)
     ms, Cs = xs.mean(0), torch.cov(xs.T)
     return {"samples": xs, "mean": ms, "cov": Cs, "exact_mean": m, "exact_cov": C,
             "mean_err": float((ms - m).norm() / C.trace().sqrt()), "cov_err": float((Cs - C).norm() / C.norm())}
 
+# %% ../nbs/09_diffusion.ipynb #407449ef
+def mixture_check(neighbourhood: str = "gaussian", # "gaussian" or "boltzmann"
+                  sigma: float = 1.0, # σ (model units); the Boltzmann T is σ/√d (the same typical radius)
+                  steps: int = 25, # denoising steps
+                  sweeps: int = 2, # Gibbs sweeps (cap)
+                  *,
+                  d: int = 3072, # dimension
+                  n: int = 32, # samples
+                  variance: str = "posterior", # the sampler's per-step variance
+                  start: str = "fixed_point", # the Gibbs start
+                  seed: int = 0,
+                 ) -> dict:
+    "Mean CE distance of `sample_product` with the exact score of `image_scale_mixture(d)` against the exact one."
+    fn = "mixture_check"
+    check_choice(neighbourhood, ["gaussian", "boltzmann"], "neighbourhood", fn)
+    sigma = float(check_number(sigma, "sigma", fn, gt=0))
+    d = check_number(d, "d", fn, ge=1, integer=True)
+    n = check_number(n, "n", fn, ge=2, integer=True)
+    gm, x0 = image_scale_mixture(d, seed)
+    sch = make_scheduler(1000, clip_sample=False)
+    width = sigma if neighbourhood == "gaussian" else sigma / math.sqrt(d)
+    kw = dict(sigma=width) if neighbourhood == "gaussian" else dict(temperature=width)
+    x, info = sample_product(lambda x, t, y: gm.eps(x, t, sch.alphas_cumprod), x0.repeat(n, 1), torch.zeros(n, dtype=torch.long),
+                             sch, neighbourhood=neighbourhood, steps=steps, sweeps=sweeps, variance=variance, start=start,
+                             generator=torch.Generator().manual_seed(seed), return_info=True, **kw)
+    if neighbourhood == "gaussian": width = info["sigma_used"]      # the σ of the level the chain started at
+    exact, sd = gm.distance_moments(x0, neighbourhood, width)
+    rho = (x - x0).norm(dim=1)
+    return {"mean_rho": float(rho.mean()), "se_rho": float(rho.std() / math.sqrt(n)), "exact_rho": exact, "exact_sd": sd,
+            "rel_err": float(rho.mean()) / exact - 1, "info": info}
+
 # %% ../nbs/09_diffusion.ipynb #550bee6e
-def _check_ce_args(fn, bundle, neighbourhood, sigma_ce, temperature, steps, method, sweeps, start_t, guidance_scale, batch_size):
+def _check_ce_args(fn, bundle, neighbourhood, sigma_ce, temperature, steps, method, sweeps, start_t, guidance_scale, batch_size,
+                   variance="posterior", start="fixed_point", min_sweeps=2, tol=0.01):
     _check_bundle(bundle, fn)
     check_choice(neighbourhood, ["gaussian", "boltzmann"], "neighbourhood", fn)
     check_choice(method, ["posterior", "guided"], "method", fn)
+    check_choice(variance, ["posterior", "ddpm"], "variance", fn)
+    check_choice(start, ["fixed_point", "prior"], "start", fn)
     if neighbourhood == "gaussian": sigma_ce = float(check_number(sigma_ce, "sigma_ce", fn, gt=0))
     else: temperature = float(check_number(temperature, "temperature", fn, gt=0))
     T = bundle.scheduler.config.num_train_timesteps
     check_number(steps, "steps", fn, ge=1, le=T, integer=True)
     check_number(sweeps, "sweeps", fn, ge=1, integer=True)
+    check_number(min_sweeps, "min_sweeps", fn, ge=1, integer=True)
+    check_number(tol, "tol", fn, ge=0)
     check_number(start_t, "start_t", fn, gt=0, le=1)
     check_number(batch_size, "batch_size", fn, ge=1, integer=True)
     _check_guidance(bundle, guidance_scale, fn)
@@ -534,18 +849,23 @@ def counterfactuals(bundle: DiffusionBundle, # the trained class-conditional DDP
                     sigma_ce: float | None = None, # σ_CE in pixel units ([0,1] scale); required for "gaussian"
                     temperature: float | None = None, # T in pixel units; required for "boltzmann"
                     steps: int = 50, # denoising steps from the start level
-                    method: str = "posterior", # "posterior" (exact start; Gibbs for Boltzmann) or "guided"
-                    sweeps: int = 3, # Gibbs sweeps for the Boltzmann neighbourhood
+                    method: str = "posterior", # "posterior" (exact start; Gibbs for Boltzmann) or "guided" (paper 1's form)
+                    sweeps: int = 3, # largest number of Gibbs sweeps for the Boltzmann neighbourhood
                     start_t: float = 1.0, # guided method only: start from x° noised to this fraction of T (1: pure noise)
                     guidance_scale: float = 0.0, # classifier-free guidance w (0: none)
                     seed: int = 0, # seed of the sampler's generator
                     batch_size: int = 512, # pairs per UNet call
                     progress: bool = False, # tqdm bars
-                   ) -> torch.Tensor:
+                    variance: str = "posterior", # per-step variance, "posterior" (exact kernel's trace) or "ddpm" (fixed_small)
+                    start: str = "fixed_point", # Boltzmann Gibbs start ("fixed_point" or "prior")
+                    min_sweeps: int = 2, # Boltzmann: sweeps before the convergence test may stop
+                    tol: float = 0.01, # Boltzmann: relative change of the mean distance that counts as converged
+                    return_info: bool = False, # also return the sampler's diagnostics, one dict per batch
+                   ) -> torch.Tensor | tuple[torch.Tensor, list[dict]]:
     "Counterfactual examples: one sample of p(x|ỹ)·r(x; x°) per pair, N×C×H×W in [0,1], on x's device."
     fn = "counterfactuals"
     sigma_ce, temperature = _check_ce_args(fn, bundle, neighbourhood, sigma_ce, temperature, steps, method, sweeps,
-                                           start_t, guidance_scale, batch_size)
+                                           start_t, guidance_scale, batch_size, variance, start, min_sweeps, tol)
     check_tensor(x, "x", fn, ndim=4, floating=True, lo=0.0, hi=1.0)
     if tuple(x.shape[1:]) != bundle.image_shape:
         raise ValueError(f"{fn}: x has shape {tuple(x.shape)}; the UNet takes images of shape (*, {', '.join(map(str, bundle.image_shape))})")
@@ -555,13 +875,15 @@ def counterfactuals(bundle: DiffusionBundle, # the trained class-conditional DDP
     eps = eps_model(bundle, guidance_scale)
     kw = dict(neighbourhood=neighbourhood, sigma=None if sigma_ce is None else 2 * sigma_ce,
               temperature=None if temperature is None else 2 * temperature, steps=steps, method=method,
-              sweeps=sweeps, start_t=start_t, generator=g, progress=progress)
-    out = []
+              sweeps=sweeps, start_t=start_t, generator=g, progress=progress, variance=variance, start=start,
+              min_sweeps=min_sweeps, tol=tol, return_info=True)
+    out, infos = [], []
     with torch.inference_mode():
         for xb, tb in zip(x.split(batch_size), target.split(batch_size)):
-            u = sample_product(eps, _to_model(xb.to(dev)), tb.to(dev, torch.long), bundle.scheduler, **kw)
-            out.append(_to_image(u).to(x.device, x.dtype))
-    return torch.cat(out) if out else x.clone()
+            u, info = sample_product(eps, _to_model(xb.to(dev)), tb.to(dev, torch.long), bundle.scheduler, **kw)
+            out.append(_to_image(u).to(x.device, x.dtype)); infos.append(info)
+    res = torch.cat(out) if out else x.clone()
+    return (res, infos) if return_info else res
 
 def counterfactuals_all_targets(bundle: DiffusionBundle, # the trained model
                                 x: torch.Tensor, # originals, N×C×H×W in [0,1]
@@ -573,10 +895,16 @@ def counterfactuals_all_targets(bundle: DiffusionBundle, # the trained model
     _check_bundle(bundle, fn)
     check_tensor(x, "x", fn, ndim=4, floating=True, lo=0.0, hi=1.0)
     S = check_number(n_samples, "n_samples", fn, ge=1, integer=True)
+    if kwargs.get("return_info"): raise ValueError(f"{fn}: return_info=True is not supported here; call counterfactuals")
     N, K = len(x), bundle.n_classes
     xr = x[:, None, None].expand(N, K, S, *x.shape[1:]).reshape(N * K * S, *x.shape[1:])
     tr = torch.arange(K, device=x.device)[None, :, None].expand(N, K, S).reshape(-1)
     return counterfactuals(bundle, xr, tr, **kwargs).view(N, K, S, *x.shape[1:])
+
+def ce_cache_key(**params) -> dict:
+    "A cache key for CEs: the sampler's arguments plus `SAMPLER_VERSION` and the method (whose default would otherwise be implicit)."
+    return {"sampler_version": SAMPLER_VERSION, "method": params.pop("method", "posterior"),
+            "variance": params.pop("variance", "posterior"), **params}
 
 # %% ../nbs/09_diffusion.ipynb #67fc8e52
 @register_perturbation("diffusion_ce")
@@ -586,17 +914,21 @@ def diffusion_ce_perturbation(bundle: DiffusionBundle, # the trained class-condi
                               temperature: float | None = None, # T (pixel units), for "boltzmann"
                               steps: int = 50, # denoising steps
                               method: str = "posterior", # "posterior" or "guided"
-                              sweeps: int = 3, # Gibbs sweeps (Boltzmann)
+                              sweeps: int = 3, # Gibbs sweeps (Boltzmann), a cap
                               start_t: float = 1.0, # guided method's start level
                               guidance_scale: float = 0.0, # classifier-free guidance w
                               seed: int = 0, # sampler seed
                               batch_size: int = 512, # pairs per UNet call
+                              variance: str = "posterior", # per-step variance ("posterior" or "ddpm")
+                              start: str = "fixed_point", # Gibbs start ("fixed_point" or "prior")
                              ) -> Callable:
     "Diffusion counterfactuals toward `target`: `perturb(model, x, target) -> x̃` (the classifier `model` is not used)."
     kw = dict(neighbourhood=neighbourhood, sigma_ce=sigma_ce, temperature=temperature, steps=steps, method=method,
-              sweeps=sweeps, start_t=start_t, guidance_scale=guidance_scale, seed=seed, batch_size=batch_size)
+              sweeps=sweeps, start_t=start_t, guidance_scale=guidance_scale, seed=seed, batch_size=batch_size,
+              variance=variance, start=start)
     fn = "make_perturbation('diffusion_ce')"
-    _check_ce_args(fn, bundle, neighbourhood, sigma_ce, temperature, steps, method, sweeps, start_t, guidance_scale, batch_size)
+    _check_ce_args(fn, bundle, neighbourhood, sigma_ce, temperature, steps, method, sweeps, start_t, guidance_scale, batch_size,
+                   variance, start)
     check_number(seed, "seed", fn, ge=0, integer=True)
     def perturb(model, x, target):  # model: ignored, diffusion CEs do not look at the classifier
         return counterfactuals(bundle, x, target, **kw)
@@ -679,6 +1011,77 @@ def confidence_by_distance(model: nn.Module, # classifier
     return {"edges": edges.tolist(), "count": torch.bincount(b, minlength=n_bins).tolist(),
             "accuracy": (torch.zeros(n_bins).index_add_(0, b, correct) / cnt).tolist(),
             "confidence": (torch.zeros(n_bins).index_add_(0, b, conf) / cnt).tolist()}
+
+# %% ../nbs/09_diffusion.ipynb #ad871324
+def ce_distance_classifier(bundle: DiffusionBundle, # the trained model
+                           x: torch.Tensor, # images to classify, N×C×H×W in [0,1]
+                           n_ce: int = 4, # CEs per (image, class) whose distances are averaged
+                           **kwargs, # sampler arguments passed to `counterfactuals` (sigma_ce, steps, neighbourhood, …)
+                          ) -> dict:
+    "Classify by the lowest mean distance to `n_ce` CEs per class: {'pred': N labels, 'dist': N×K×n_ce distances}."
+    fn = "ce_distance_classifier"
+    n_ce = check_number(n_ce, "n_ce", fn, ge=1, integer=True)
+    ces = counterfactuals_all_targets(bundle, x, n_ce, **kwargs)
+    dist = ce_distances(x.to(ces.device), ces)
+    return {"pred": ce_distance_classify(dist), "dist": dist}
+
+def ce_classifier_accuracy(bundle: DiffusionBundle, # the trained model
+                           x: torch.Tensor, # images, N×C×H×W in [0,1]
+                           y: torch.Tensor, # their labels
+                           *,
+                           sigmas: Sequence[float] = (0.5,), # σ_CE values (pixel units; Gaussian neighbourhood)
+                           steps: Sequence[int] = (25,), # denoising step counts
+                           n_ce: int = 4, # largest number of CEs averaged (accuracy is reported for 1 … n_ce)
+                           **kwargs, # more sampler arguments (method, guidance_scale, seed, batch_size, …)
+                          ) -> list[dict]:
+    "Accuracy of the CE-distance classifier per (σ_CE, steps, number of CEs averaged): a list of row dicts."
+    fn = "ce_classifier_accuracy"
+    _check_bundle(bundle, fn)
+    check_labels(y, "y", bundle.n_classes, fn, n=len(x))
+    sigmas = [float(check_number(s, "sigmas", fn, gt=0)) for s in sigmas]
+    steps = [check_number(s, "steps", fn, ge=1, integer=True) for s in steps]
+    n_ce = check_number(n_ce, "n_ce", fn, ge=1, integer=True)
+    rows = []
+    for sg in sigmas:
+        for st in steps:
+            dist = ce_distance_classifier(bundle, x, n_ce, sigma_ce=sg, steps=st, **kwargs)["dist"].cpu()
+            for k in range(1, n_ce + 1):
+                acc = float((ce_distance_classify(dist[..., :k]) == y.cpu()).float().mean())
+                rows.append({"sigma_ce": sg, "steps": st, "n_ce": k, "accuracy": acc})
+    return rows
+
+def ce_sanity_check(bundle: DiffusionBundle, # the trained model
+                    x: torch.Tensor, # images, N×C×H×W in [0,1]
+                    y: torch.Tensor, # their labels (each image's CE goes toward its own class)
+                    sigma_ce: float = 0.1, # σ_CE (pixel units)
+                    *,
+                    steps: int = 50, # denoising steps
+                    seed: int = 0, # sampler and noise seed
+                    **kwargs, # more sampler arguments (variance, guidance_scale, batch_size, …)
+                   ) -> dict:
+    """Own-class CE distances against σ√d on a trained DDPM: `noised` (x° = x + σ·noise, where E‖x−x°‖² = dσ² exactly
+    if ε_θ = ε*) and `clean` (x° = x, the start point the network never saw in training)."""
+    fn = "ce_sanity_check"
+    _check_bundle(bundle, fn)
+    check_tensor(x, "x", fn, ndim=4, floating=True, lo=0.0, hi=1.0)
+    check_labels(y, "y", bundle.n_classes, fn, n=len(x))
+    sigma_ce = float(check_number(sigma_ce, "sigma_ce", fn, gt=0))
+    dev, d = bundle.device, x[0].numel()
+    g = torch.Generator().manual_seed(check_number(seed, "seed", fn, ge=0, integer=True))
+    u = _to_model(x.to(dev))
+    s_used = float(sigma_to_timestep(bundle.scheduler, torch.tensor([2 * sigma_ce], device=dev))[1][0])
+    noised = u + s_used * torch.randn(u.shape, generator=g).to(dev, u.dtype)
+    eps = eps_model(bundle, kwargs.pop("guidance_scale", 0.0))
+    out = {"sigma_ce": s_used / 2, "sigma_sqrt_d": s_used / 2 * math.sqrt(d)}
+    with torch.inference_mode():
+        for name, start in [("noised", noised), ("clean", u)]:
+            gen = torch.Generator(dev).manual_seed(seed)
+            ce = sample_product(eps, start, y.to(dev, torch.long), bundle.scheduler, sigma=2 * sigma_ce, steps=steps,
+                                generator=gen, **kwargs)
+            rms = float((ce - start).flatten(1).pow(2).sum(1).mean().sqrt()) / 2     # pixel units
+            out[f"{name}_rms"] = rms
+            out[f"{name}_ratio"] = rms / out["sigma_sqrt_d"]
+    return out
 
 # %% ../nbs/09_diffusion.ipynb #18459c3e
 def plot_counterfactuals(x: torch.Tensor, # originals, N×C×H×W in [0,1]

@@ -237,3 +237,159 @@ def test_sample_product_bad_input():
         D.sample_product(eps, torch.zeros(2, 2, dtype=F64), torch.zeros(2, dtype=torch.long), sch)
     with pytest.raises(ValueError, match="sample_product: labels has 1 labels but the batch has 2"):
         D.sample_product(eps, torch.zeros(2, 2, dtype=F64), torch.zeros(1, dtype=torch.long), sch, sigma=0.3)
+
+
+# ---------------------------------------------------------------- the sampler at the presets' settings (issue 14)
+# notebook 10's presets, in model units (twice pixel units): default σ_CE 0.5 → σ 1.0, 25 steps, 2 sweeps;
+# paper σ_CE 0.1 → σ 0.2, 100 steps, 3 sweeps; Boltzmann T = σ/√d (the same typical radius).
+PRESETS = {"default": (1.0, 25, 2), "paper": (0.2, 100, 3)}
+
+
+@pytest.mark.parametrize("preset", ["default", "paper"])
+@pytest.mark.parametrize("neighbourhood, tol", [("gaussian", 0.015), ("boltzmann", 0.02)])
+def test_ce_distance_matches_exact_at_image_dimension(preset, neighbourhood, tol):
+    sigma, steps, sweeps = PRESETS[preset]
+    r = D.mixture_check(neighbourhood, sigma, steps, sweeps, d=3072, n=24, seed=1)
+    assert abs(r["rel_err"]) < tol, (preset, neighbourhood, r["mean_rho"], r["exact_rho"])
+    assert r["se_rho"] < 0.2 * tol * r["exact_rho"]  # the Monte-Carlo error is well inside the tolerance
+
+
+@pytest.mark.parametrize("sigma, steps", [(1.0, 25), (0.2, 100), (0.2, 25)])
+def test_one_dimensional_variance_ratio(sigma, steps):
+    gm = D.GaussianMixture(torch.tensor([[-0.5], [0.6]], dtype=F64), torch.tensor([[[0.05]], [[0.1]]], dtype=F64),
+                           torch.tensor([0.4, 0.6], dtype=F64))
+    sch, x0, n = D.make_scheduler(1000, clip_sample=False), torch.tensor([1.5], dtype=F64), 6000
+    exact = gm.times_gaussian(x0, sigma).moments()[1][0, 0]
+    x = D.sample_product(lambda x, t, y: gm.eps(x, t, sch.alphas_cumprod), x0.repeat(n, 1), torch.zeros(n, dtype=torch.long),
+                         sch, sigma=sigma, steps=steps, generator=torch.Generator().manual_seed(0))
+    assert float(x.var() / exact) >= 0.95
+    old = D.sample_product(lambda x, t, y: gm.eps(x, t, sch.alphas_cumprod), x0.repeat(n, 1), torch.zeros(n, dtype=torch.long),
+                           sch, sigma=sigma, steps=steps, variance="ddpm", generator=torch.Generator().manual_seed(0))
+    assert float(old.var()) < float(x.var())  # DDPM's fixed_small step under-disperses
+
+
+def test_gibbs_diagnostic_flags_a_slow_start_and_stops_when_converged():
+    # paper preset, old start σ₀ = √d·T: the mean distance still climbs after 3 sweeps, and the diagnostic says so
+    slow = D.mixture_check("boltzmann", 0.2, 100, 3, d=3072, n=16, start="prior")
+    st = slow["info"]["sweeps"]
+    assert len(st) == 3 and not slow["info"]["converged"] and st[0]["mean_rho"] < st[1]["mean_rho"] < st[2]["mean_rho"]
+    assert slow["rel_err"] < -0.02                                   # and it is short of the exact distance
+    fast = D.mixture_check("boltzmann", 0.2, 100, 5, d=3072, n=16)
+    assert fast["info"]["converged"] and fast["info"]["n_sweeps"] == 2
+    assert {"sweep", "mean_sigma", "mean_rho", "se_rho"} <= set(fast["info"]["sweeps"][0])
+
+
+def test_isotropic_mixture_score_and_distance_law():
+    gm, x0 = D.image_scale_mixture(16, seed=2)
+    sch = D.make_scheduler(1000)
+    t = torch.tensor([0, 200, 700])
+    x = torch.randn(3, 16, dtype=F64, requires_grad=True)
+    ac = sch.alphas_cumprod.double()[t]
+    full = [D.GaussianMixture(ac[i].sqrt() * gm.means, (ac[i] * gm.variances + 1 - ac[i])[:, None, None] * torch.eye(16, dtype=F64),
+                              gm.weights) for i in range(3)]
+    score = torch.autograd.grad(sum(f.log_prob(x[i:i + 1])[0] for i, f in enumerate(full)), x)[0]
+    torch.testing.assert_close(gm.eps(x.detach(), t, sch.alphas_cumprod), -(1 - ac).sqrt()[:, None] * score)
+    s = gm.times_gaussian(x0, 0.7).sample(40000, torch.Generator().manual_seed(0))
+    m, sd = gm.distance_moments(x0, "gaussian", 0.7)
+    rho = (s - x0).norm(dim=1)
+    assert abs(float(rho.mean()) - m) < 0.01 * m and abs(float(rho.std()) - sd) < 0.05 * sd
+
+
+# ---------------------------------------------------------------- CE-distance classifier, cache key, sanity check
+def test_ce_distance_classifier_averages_four_ces_by_default(bundle):
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    r = D.ce_distance_classifier(bundle, x, sigma_ce=0.3, steps=3)
+    assert r["dist"].shape == (2, 3, 4) and torch.equal(r["pred"], r["dist"].mean(-1).argmin(1))
+    rows = D.ce_classifier_accuracy(bundle, x, torch.tensor([0, 2]), sigmas=[0.2, 0.4], steps=[2], n_ce=3)
+    assert [(r_["sigma_ce"], r_["n_ce"]) for r_ in rows] == [(0.2, 1), (0.2, 2), (0.2, 3), (0.4, 1), (0.4, 2), (0.4, 3)]
+    assert all(0.0 <= r_["accuracy"] <= 1.0 for r_ in rows)
+
+
+def test_ce_cache_key_names_method_and_version():
+    k = D.ce_cache_key(neighbourhood="gaussian", sigma_ce=0.1)
+    assert k["sampler_version"] == D.SAMPLER_VERSION and k["method"] == "posterior" and k["variance"] == "posterior"
+    assert D.ce_cache_key(method="guided", sigma_ce=0.1) != k
+
+
+def test_ce_sanity_check_reports_both_starts(bundle):
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+    r = D.ce_sanity_check(bundle, x, torch.tensor([0, 1, 2, 0, 1, 2]), 0.2, steps=4)
+    assert r["sigma_sqrt_d"] == pytest.approx(r["sigma_ce"] * 8)
+    assert r["noised_ratio"] == pytest.approx(r["noised_rms"] / r["sigma_sqrt_d"]) and r["clean_rms"] > 0
+
+
+def test_counterfactuals_return_gibbs_info(bundle):
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+    ce, info = D.counterfactuals(bundle, x, torch.tensor([0, 1, 2]), neighbourhood="boltzmann", temperature=0.05, steps=3,
+                                 sweeps=3, return_info=True)
+    assert ce.shape == x.shape and len(info) == 1 and 1 <= info[0]["n_sweeps"] <= 3
+    assert info[0]["version"] == D.SAMPLER_VERSION
+
+
+# ---------------------------------------------------------------- train_ddpm: precision, metrics, load errors, torchrun
+def test_train_ddpm_bf16_metrics_csv_and_fp16_needs_cuda(tmp_path):
+    x, y = _data()
+    b = D.train_ddpm(x, y, 3, unet=_tiny_unet(), scheduler=D.make_scheduler(100), epochs=2, batch_size=16, progress=False,
+                     device="cpu", mixed_precision="bf16", ckpt_dir=tmp_path, ckpt_every=1)
+    assert len(b.history) == 2 and all(math.isfinite(h) for h in b.history)
+    lines = (tmp_path / "metrics.csv").read_text().strip().splitlines()
+    assert lines[0].startswith("epoch,loss,lr,seconds,steps_per_s") and len(lines) == 3 and ",bf16," in lines[1]
+    with pytest.raises(ValueError, match="train_ddpm: mixed_precision='fp16' needs a CUDA device"):
+        D.train_ddpm(x, y, 3, epochs=1, progress=False, device="cpu", mixed_precision="fp16")
+    with pytest.raises(ValueError, match="train_ddpm: mixed_precision='fp32' is not one of"):
+        D.train_ddpm(x, y, 3, epochs=1, progress=False, device="cpu", mixed_precision="fp32")
+
+
+def test_load_ddpm_refuses_bad_files(tmp_path):
+    bad = tmp_path / "epoch_00001.pt"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match=r"load_ddpm: '.*epoch_00001\.pt' is not a readable train_ddpm checkpoint"):
+        D.load_ddpm(tmp_path, "cpu")
+    other = tmp_path / "weights.pt"
+    torch.save({"model": {}}, other)
+    with pytest.raises(ValueError, match=r"load_ddpm: '.*weights\.pt' is not a train_ddpm checkpoint"):
+        D.load_ddpm(other, "cpu")
+    with pytest.raises(FileNotFoundError, match="load_ddpm: no train_ddpm checkpoint"):
+        D.load_ddpm(tmp_path / "missing", "cpu")
+
+
+_TORCHRUN_SCRIPT = '''
+import os, sys, torch
+from cfx_nb import diffusion as D
+torch.set_num_threads(1)
+g = torch.Generator().manual_seed(0)
+x, y = torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 3, (40,), generator=g)
+torch.manual_seed(1)
+unet = D.make_unet(8, 1, 3, block_out_channels=(8, 16), norm_num_groups=2)
+b = D.train_ddpm(x, y, 3, unet=unet, scheduler=D.make_scheduler(100), epochs=2, batch_size=16, progress=False,
+                 device="cpu", ckpt_dir=sys.argv[1], ckpt_every=1)
+torch.save({k: v.clone() for k, v in b.unet.state_dict().items()}, os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.pt"))
+'''
+
+
+@pytest.mark.slow
+def test_train_ddpm_under_torchrun_matches_one_process(tmp_path):
+    import os, subprocess, sys
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    if not os.path.exists(torchrun): pytest.skip("torchrun is not installed next to this python")
+    script, ck = tmp_path / "run.py", tmp_path / "ck"
+    script.write_text(_TORCHRUN_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CFX_DIST_BACKEND": "gloo",
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(D.__file__)), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", str(script), str(ck), str(tmp_path)],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)                 # the ranks end with identical weights
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 3, (40,), generator=g)
+    torch.manual_seed(1)
+    one = D.train_ddpm(x, y, 3, unet=D.make_unet(8, 1, 3, block_out_channels=(8, 16), norm_num_groups=2), scheduler=D.make_scheduler(100),
+                       epochs=2, batch_size=16, progress=False, device="cpu")
+    # (2 groups per GroupNorm: with one channel per group a conv bias before the norm has a gradient that is pure
+    # rounding noise, which Adam scales up to full steps, so no two summation orders would agree on it)
+    for k, v in one.unet.state_dict().items():
+        torch.testing.assert_close(r0[k], v, rtol=1e-4, atol=1e-5)
+    loaded = D.load_ddpm(ck, "cpu")                                   # rank 0's checkpoint
+    assert all(torch.equal(loaded.unet.state_dict()[k], r0[k]) for k in r0)
+    assert len((ck / "metrics.csv").read_text().strip().splitlines()) == 3
