@@ -50,7 +50,7 @@ def test_product_with_gaussian_matches_quadrature():
     torch.testing.assert_close(C, Cq, atol=1e-4, rtol=0)
 
 
-# tolerance stated in nbs/09_diffusion.ipynb: mean error <= 0.06, covariance error <= 0.18 (4000 samples, 100 steps)
+# tolerance stated in nbs/03b_diffusion.ipynb: mean error <= 0.06, covariance error <= 0.18 (4000 samples, 100 steps)
 @pytest.mark.parametrize("neighbourhood, width, x0", [("gaussian", 0.5, (0.1, -0.6)), ("gaussian", 0.3, (1.5, 1.5)),
                                                        ("boltzmann", 0.3, (0.1, -0.6))])
 def test_posterior_sampler_matches_exact_product(neighbourhood, width, x0):
