@@ -68,3 +68,33 @@ def test_strip_widgets_rejects_bad_input(tmp_path):
         mod["strip_widgets"]({"metadata": {}})
     with pytest.raises(FileNotFoundError, match="missing.ipynb"):
         mod["strip_file"](tmp_path / "missing.ipynb")
+
+
+def test_lock_pins_every_declared_dependency_within_its_range():
+    "settings.ini declares ranges (no exact pins); requirements/constraints.txt pins each of them inside its range."
+    from configparser import ConfigParser
+    from packaging.requirements import Requirement
+    cfg = ConfigParser(delimiters=["="]); cfg.read(root / "settings.ini", encoding="utf-8")
+    keys = ["requirements", "dev_requirements", "explain_requirements", "docs_requirements"]
+    reqs = [Requirement(r) for k in keys for r in cfg["DEFAULT"][k].split()]
+    norm = lambda n: n.lower().replace("_", "-").replace(".", "-")
+    lock = {}
+    for line in (root / "requirements" / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, ver = line.split("==")
+            lock[norm(name)] = ver.strip()
+    assert len(reqs) >= 20 and {"torch", "grad-cam", "nbdev", "mkdocs"} <= {norm(r.name) for r in reqs}
+    for r in reqs:
+        assert not any(s.operator == "==" for s in r.specifier), f"settings.ini pins {r} exactly: the lock pins, settings.ini declares ranges"
+        assert norm(r.name) in lock, f"{r.name} is not in requirements/constraints.txt"
+        assert r.specifier.contains(lock[norm(r.name)], prereleases=True), f"the lock's {r.name}=={lock[norm(r.name)]} is outside {r}"
+    assert "grad-cam" not in {norm(Requirement(r).name) for r in cfg["DEFAULT"]["requirements"].split()}  # an extra
+    install = (root / "scripts" / "install.sh").read_text(encoding="utf-8")
+    assert '-c "$lock"' in install and "lock=requirements/constraints.txt" in install
+
+
+def test_trove_status_is_the_settings_number():
+    "setup.py's Development Status classifier is the one whose number settings.ini's `status` gives (3: Alpha)."
+    import subprocess, sys
+    out = subprocess.run([sys.executable, "setup.py", "--classifiers"], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert "Development Status :: 3 - Alpha" in out.splitlines()
