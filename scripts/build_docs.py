@@ -281,6 +281,8 @@ def main(argv=None):
     import yaml
     conf = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
     conf["hooks"] = [str(ROOT / h) for h in conf.get("hooks", [])]
+    for plug in conf.get("plugins", []):  # mkdocs-jupyter caches its HTML; keep that under _build/, not ./.cache
+        if isinstance(plug, dict) and "mkdocs-jupyter" in plug: plug["mkdocs-jupyter"]["cache_dir"] = str(BUILD / "mkdocs-jupyter")
     conf.update(docs_dir=str(SRC), site_dir=str(SITE),
                 nav=[{"Home": "index.md"}, {"Library notebooks": nav_nbs}, {"API reference": nav_api},
                      {"Experiment reports": nav_rep}, {"About these docs": "about.md"}])
