@@ -274,6 +274,9 @@ def main(argv=None):
     tst_flags = cfg["DEFAULT"].get("tst_flags", "").split()
     shutil.rmtree(SRC, ignore_errors=True); shutil.rmtree(SITE, ignore_errors=True)
     shutil.copytree(ROOT / "docs", SRC)
+    # MathJax 2.7 from PyPI (jupyter-server-mathjax, in the docs extra), so that the notebooks' maths is typeset offline
+    import jupyter_server_mathjax
+    shutil.copytree(Path(jupyter_server_mathjax.__file__).parent / "static", SRC / "assets" / "mathjax")
     lib, exp = notebooks()
     nav_nbs = build_notebooks(lib, tst_flags, args.no_exec)
     nav_api, nav_rep = build_api(lib), build_reports(exp)
