@@ -41,6 +41,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from strip_widgets import strip_widgets  # noqa: E402
 
 
+# that MathJax ships only the STIX-Web fonts: without this, formulas that need a TeX font glyph fail
+MATHJAX_LOCAL = """MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web", imageFont: null}});
+MathJax.Ajax.loadComplete("[MathJax]/config/local/cfx.js");
+"""
+
+
 def log(msg): print(f"build_docs: {msg}", flush=True)
 
 
@@ -101,6 +107,7 @@ def for_display(nb: dict) -> dict:
         if c["cell_type"] == "code":
             if "hide" in _flags(c): continue
             c = {**c, "source": "\n".join(l for l in _src(c).splitlines() if not re.match(r"^#\|", l)).strip("\n")}
+            if not c["source"].strip() and not c.get("outputs"): continue  # only directives (#| default_exp ...)
         cells.append(c)
     return strip_widgets({**nb, "cells": cells})
 
@@ -111,6 +118,15 @@ def _title(nb: dict, default: str) -> str:
             m = re.search(r"^#\s+(.+)$", _src(c), re.M)
             if m: return m.group(1).strip()
     return default
+
+
+def _subtitle(nb: dict) -> str:
+    "nbdev's `> subtitle` line of the first markdown cell."
+    for c in nb["cells"]:
+        if c["cell_type"] == "markdown":
+            m = re.search(r"^>\s*(.+)$", _src(c), re.M)
+            return m.group(1).strip() if m else ""
+    return ""
 
 
 def build_notebooks(lib, tst_flags, no_exec):
@@ -163,16 +179,29 @@ def _params_table(obj) -> str:
     for name, v in d.items():
         if name in ("self", "cls"): continue
         default = "" if v.get("default", inspect.Parameter.empty) is inspect.Parameter.empty else repr(v["default"])
-        rows.append(f"<tr><td><code>{_e(name)}</code></td><td><code>{_e(_anno(v.get('anno')))}</code></td>"
-                    f"<td><code>{_e(default)}</code></td><td>{_e(v.get('docment') or '')}</td></tr>")
+        code = lambda x: f"<code>{_e(x)}</code>" if x else ""
+        doc = re.sub(r"`([^`]+)`", r"<code>\1</code>", _e(v.get("docment") or ""))
+        rows.append(f"<tr><td>{code(name)}</td><td>{code(_anno(v.get('anno')))}</td><td>{code(default)}</td><td>{doc}</td></tr>")
     if not rows or all(name in ("return",) for name in d): return ""
     return ('<table class="cfx-params"><thead><tr><th>parameter</th><th>type</th><th>default</th><th>description</th></tr></thead>'
             "<tbody>" + "".join(rows) + "</tbody></table>\n")
 
 
 def _sig(name, obj):
-    try: return f"{name}{inspect.signature(obj)}"
+    "The signature, one parameter a line when long, annotations unquoted (the modules use `from __future__ import annotations`)."
+    try: sig = inspect.signature(obj)
     except (TypeError, ValueError): return name
+    parts, star = [], False
+    for p in sig.parameters.values():
+        if p.kind == p.KEYWORD_ONLY and not star: parts.append("*"); star = True
+        if p.kind == p.VAR_POSITIONAL: star = True
+        txt = ("*" if p.kind == p.VAR_POSITIONAL else "**" if p.kind == p.VAR_KEYWORD else "") + p.name
+        if p.annotation is not p.empty: txt += f": {_anno(p.annotation)}"
+        if p.default is not p.empty: txt += f" = {p.default!r}"
+        parts.append(txt)
+    ret = f" -> {_anno(sig.return_annotation)}" if sig.return_annotation is not sig.empty else ""
+    one = f"{name}({', '.join(parts)}){ret}"
+    return one if len(one) <= 88 else f"{name}(\n    " + ",\n    ".join(parts) + f"\n){ret}"
 
 
 def _doc(obj): return inspect.getdoc(obj) or ""
@@ -180,7 +209,9 @@ def _doc(obj): return inspect.getdoc(obj) or ""
 
 def _md(text):
     "Plain docstring text, safe in markdown: escaped HTML, and no link or emphasis syntax (`ι_[lo,hi](u)`)."
-    return re.sub(r"([\\[\]*_])", r"\\\1", _e(text))
+    parts = re.split(r"(`[^`]*`)", text)  # code spans stay as they are; outside them, escape
+    return "".join(p if p.startswith("`") and p.endswith("`") and len(p) > 1 else re.sub(r"([\\[\]*_])", r"\\\1", _e(p))
+                   for p in parts)
 
 
 def _entry(mod, name, obj, level=2) -> str:
@@ -251,12 +282,13 @@ def check_links(site: Path) -> tuple[int, int, list]:
 
 def _notebook_map(nav_nbs, nav_api, nav_rep):
     "Replace `<!-- notebook-map -->` of index.md with tables of the generated pages."
-    rows = ["| notebook | API | |", "|---|---|---|"]
+    rows = ["| notebook | API | what it is |", "|---|---|---|"]
     for nb, api in zip(nav_nbs, nav_api):
         (label, path), (mod, apath) = next(iter(nb.items())), next(iter(api.items()))
         stem, title = label.split(": ", 1)
-        rows.append(f"| [{stem}]({path}) | [{mod}]({apath}) | {title} |")
-    rows += ["", "| experiment report | |", "|---|---|"]
+        sub = _subtitle(json.loads((SRC / path).read_text(encoding="utf-8"))) or title
+        rows.append(f"| [{stem}]({path}) | [{mod}]({apath}) | {sub} |")
+    rows += ["", "| experiment report | what it reproduces |", "|---|---|"]
     for rep in nav_rep:
         (label, path), = rep.items()
         stem, title = label.split(": ", 1)
@@ -277,6 +309,8 @@ def main(argv=None):
     # MathJax 2.7 from PyPI (jupyter-server-mathjax, in the docs extra), so that the notebooks' maths is typeset offline
     import jupyter_server_mathjax
     shutil.copytree(Path(jupyter_server_mathjax.__file__).parent / "static", SRC / "assets" / "mathjax")
+    (SRC / "assets" / "mathjax" / "config" / "local").mkdir(parents=True, exist_ok=True)
+    (SRC / "assets" / "mathjax" / "config" / "local" / "cfx.js").write_text(MATHJAX_LOCAL, encoding="utf-8")
     lib, exp = notebooks()
     nav_nbs = build_notebooks(lib, tst_flags, args.no_exec)
     nav_api, nav_rep = build_api(lib), build_reports(exp)
