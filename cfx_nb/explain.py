@@ -60,8 +60,11 @@ def gradcam(model: nn.Module, # a convolutional classifier taking [0,1] images
             batch_size: int = 64, # samples per pass
            ) -> torch.Tensor:
     "Grad-CAM heat maps, N×H×W in [0, 1] on the CPU, computed with pytorch-grad-cam."
-    from pytorch_grad_cam import GradCAM  # imported here: the package pulls in OpenCV and more (seconds at import)
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    try:  # imported here: the package pulls in OpenCV and more (seconds at import), and it is an optional extra
+        from pytorch_grad_cam import GradCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    except ImportError as e:
+        raise ModuleNotFoundError("gradcam: needs the optional package pytorch-grad-cam: pip install 'cfx_nb[explain]'") from e
     check_tensor(x, "x", "gradcam", ndim=4, lo=0, hi=1, floating=True)
     check_number(batch_size, "batch_size", "gradcam", ge=1, integer=True)
     layer = target_layer if target_layer is not None else default_target_layer(model)
