@@ -21,6 +21,7 @@ py_versions = '3.10 3.11 3.12'.split()
 requirements = shlex.split(cfg.get('requirements', ''))
 explain_requirements = shlex.split(cfg.get('explain_requirements', ''))  # Grad-CAM figures (pytorch-grad-cam + opencv)
 docs_requirements = shlex.split(cfg.get('docs_requirements', ''))
+sweep_requirements = shlex.split(cfg.get('sweep_requirements', ''))  # cfx_sweep: jobs on SLURM (submitit) or local processes
 dev_requirements = shlex.split(cfg.get('dev_requirements', '')) + explain_requirements  # the tests cover Grad-CAM
 # settings.ini's `status` is the trove number itself (3 -> '3 - Alpha'); nbdev's template indexed this
 # list with it, which is off by one ('4 - Beta' for 3)
@@ -40,10 +41,12 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg['lib_path'], cfg['lib_path'] + '.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements, 'explain': explain_requirements, 'docs': docs_requirements},
+    extras_require={'dev': dev_requirements, 'explain': explain_requirements, 'docs': docs_requirements,
+                    'sweep': sweep_requirements},
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     zip_safe=False,
-    entry_points={'nbdev': [f'{cfg.get("lib_path")}={cfg.get("lib_path")}._modidx:d']},
+    entry_points={'nbdev': [f'{cfg.get("lib_path")}={cfg.get("lib_path")}._modidx:d'],
+                  'console_scripts': ['cfx_sweep=cfx_nb.sweep:cfx_sweep']},
     **setup_cfg)
