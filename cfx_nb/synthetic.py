@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -124,6 +125,7 @@ class Budget:
     label: str # x-axis label of the budget panel
     apply: Callable[[dict, float, int], dict] # (method params, value, d) -> method params
     centre: str | None = None # the experiment parameter holding the centre value (None: the method's own setting)
+    sets: tuple[str, ...] = () # the method parameters `apply` sets (a fit hook must not depend on them)
 
 def _eps_sqrt_d(p: dict, x: float, d: int) -> dict: return {**p, "eps": x * math.sqrt(d)}
 def _eps(p: dict, x: float, d: int) -> dict: return {**p, "eps": x}
@@ -140,9 +142,10 @@ def register_budget(method: str, # a registered method name
     SYNTHETIC_BUDGETS[method] = budget
     return budget
 
-register_budget("pgd_l2", Budget("pgd_l2_scales", "ε₂ / √d", _eps_sqrt_d, "pgd_l2_scale"))
-register_budget("pgd_linf", Budget("pgd_linf_epss", "ε∞", _eps))
-for _m in ("cfe_l2", "pcfe_l0", "scfe_l0"): register_budget(_m, Budget("ratios", "d_δ/d (iterations / d)", _iterations, "ratio"))
+register_budget("pgd_l2", Budget("pgd_l2_scales", "ε₂ / √d", _eps_sqrt_d, "pgd_l2_scale", ("eps",)))
+register_budget("pgd_linf", Budget("pgd_linf_epss", "ε∞", _eps, None, ("eps",)))
+for _m in ("cfe_l2", "pcfe_l0", "scfe_l0"):
+    register_budget(_m, Budget("ratios", "d_δ/d (iterations / d)", _iterations, "ratio", ("steps",)))
 
 # %% ../nbs/04e_synthetic.ipynb #430840cc
 def point_params(cfg: Mapping, # resolved parameters (`methods`, `pgd_l2_scale`, `ratio`, ...)
@@ -248,13 +251,26 @@ def _hook(h: str | Callable | None) -> Callable | None:
     mod, _, attr = h.partition(":")
     return getattr(importlib.import_module(mod), attr)
 
-def perturbed_noise(point: GridPoint, method: str, params: Mapping, pdir: Path, device) -> tuple[Any, dict]:
+def _fit_key(point: GridPoint, method: str, params: Mapping) -> str:
+    "What a fit hook's result depends on: the natural data (kind, d, N, seed) and the method's non-budget parameters."
+    b = SYNTHETIC_BUDGETS.get(method)
+    keep = {k: v for k, v in params.items() if b is None or k not in b.sets}
+    return json.dumps([point.key["kind"], point.key["d"], point.key["n"], point.key["seed"], method, keep], sort_keys=True, default=str)
+
+def perturbed_noise(point: GridPoint, # from `grid_point`
+                    method: str, # a registered method
+                    params: Mapping, # its parameters at this point
+                    pdir: Path, # where its chunks (and the hook's files) are cached
+                    device, # the run's device
+                    fits: dict | None = None, # memo of fit-hook results shared by the points of one run
+                   ) -> tuple[Any, dict]:
     "The noise perturbed toward its targets by `method` (fit hook on the natural data; chunks cached under `pdir`)."
     from cfx_nb.lfp import perturb_dataset
     spec = method_spec(method, "perturbed_noise")
-    hook = _hook(spec.fit)
-    fitted = hook(params, point.natural, point.f, pdir / "fit", device) if hook is not None else {}
-    perturb = spec.build(params, fitted)
+    hook, fits = _hook(spec.fit), {} if fits is None else fits
+    if hook is not None and (k := _fit_key(point, method, params)) not in fits:
+        fits[k] = hook(params, point.natural, point.f, pdir / "fit", device)
+    perturb = spec.build(params, fits[k] if hook is not None else {})
     return perturb_dataset(point.f, point.noise, perturb, point.noise.y, cache_dir=pdir / "chunks",
                            seed=point.key["seed"], progress=False, key=pdir.name)
 
@@ -264,6 +280,7 @@ def learn_from_noise(cfg: Mapping, # resolved parameters (training settings)
                      params: Mapping, # its parameters at this point (`point_params`)
                      cache: Path, # the run's cache folder
                      device, # the run's device
+                     fits: dict | None = None, # memo of fit-hook results (see `perturbed_noise`)
                     ) -> tuple[dict, np.ndarray]:
     "Steps 3–5 at one point for one method and budget: the result row and g's per-sample correctness (cached)."
     spec = method_spec(method, "learn_from_noise")
@@ -271,7 +288,7 @@ def learn_from_noise(cfg: Mapping, # resolved parameters (training settings)
     if (rdir / "row.json").exists():
         saved = load_json(rdir / "row.json")
         return saved["row"], np.asarray(saved["correct"], np.uint8)
-    pert, summ = perturbed_noise(point, method, params, rdir, device)
+    pert, summ = perturbed_noise(point, method, params, rdir, device, fits)
     g, g_fit = train_net(pert, seed=point.key["seed"] + 2, device=device, **_train_kw(cfg))
     ok = correct(g, point.natural, device)
     row = {"acc": float(ok.mean()), "fit_acc": g_fit, **point.base, "flip_rate": summ["flip_rate"],
@@ -343,7 +360,7 @@ def rerun_centre(run: Run, # the resolved run
                  threads: int, # the other thread count
                 ) -> pd.DataFrame:
     "|Δ| accuracy (points) of the first seed's centre networks retrained at `threads` CPU threads."
-    cfg, seed, out = run.cfg, run["seeds"][0], []
+    cfg, seed, out, fits = run.cfg, run["seeds"][0], [], {}
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
@@ -355,7 +372,7 @@ def rerun_centre(run: Run, # the resolved run
             for m in method_order(cfg["methods"]):
                 r0 = next(r for r in rows if (r["seed"], r["kind"], r["method"], r["sweep"]) == (seed, kind, m, "centre"))
                 rdir = run_dir(run.cache, f"lfp-{m}", {**pt.key, "method": m, "params": r0["params"], "method_version": METHODS[m].version})
-                pert, _ = perturbed_noise(pt, m, r0["params"], rdir, run.device)
+                pert, _ = perturbed_noise(pt, m, r0["params"], rdir, run.device, fits)
                 g, _ = train_net(pert, seed=seed + 2, device=run.device, **_train_kw(cfg))
                 out.append({"kind": kind, "network": method_label(m), "threads": f"{old} → {threads}",
                             "acc": 100 * rerun_noise({"acc": r0["acc"]}, {"acc": correct(g, pt.natural, run.device).mean()})["acc"]})
@@ -372,11 +389,12 @@ def run_synthetic(run: Run, # from `synthetic_experiment(...).setup(globals())`
     if not isinstance(run, Run): raise ValueError(f"run_synthetic: run must be a cfx_nb.experiment.Run, got {type(run).__name__}")
     cfg, jobs, rows, outcomes = run.cfg, grid_jobs(run.cfg), [], {}
     for seed in cfg["seeds"]:
-        points = {}
+        points, fits = {}, {}
         for kind, method, sweep, x, d, n, m, b in tqdm(jobs, desc=f"seed {seed}", disable=not progress, leave=False):
             if (kind, d, n, m) not in points: points[kind, d, n, m] = grid_point(cfg, kind, d, n, m, seed, run.cache, run.device)
             pt = points[kind, d, n, m]
-            r, ok = learn_from_noise(cfg, pt, method, point_params(cfg, method, kind, d, b, pt.density_cap), run.cache, run.device)
+            pp = point_params(cfg, method, kind, d, b, pt.density_cap)
+            r, ok = learn_from_noise(cfg, pt, method, pp, run.cache, run.device, fits)
             rows.append({"seed": seed, "kind": kind, "method": method, "sweep": sweep, "x": x, "d": d, "n": n, "m": m, **r})
             outcomes[_key(seed, kind, method, sweep, x)] = ok
             outcomes[_key(seed, kind, "noise", sweep, x)] = pt.noise_correct
