@@ -225,6 +225,10 @@ def _train_kw(cfg: Mapping) -> dict: return {k: cfg[k] for k in ("hidden", "epoc
 def grid_point(cfg: Mapping, kind: str, d: int, n: int, m: int, seed: int, cache: Path, device) -> GridPoint:
     "Natural data, f, noise and the noise-trained baseline at one point (f and the baseline cached)."
     from cfx_nb.data import make_synthetic
+    fn = "grid_point"
+    check_choice(kind, KINDS, "kind", fn)
+    for k, v in (("d", d), ("n", n), ("m", m)): check_number(v, k, fn, ge=1, integer=True)
+    check_number(seed, "seed", fn, ge=0, integer=True)
     tk = _train_kw(cfg)
     key = {"kind": kind, "d": int(d), "n": int(n), "m": int(m), "seed": int(seed), "train": tk, "version": cfx_nb.__version__}
     pdir = run_dir(cache, "point", key)
@@ -318,6 +322,8 @@ _SRC = "paper 2, App. A and Figs. 5–12 (extending Kumano et al., 2024a)"
 def _key(seed, kind, method, sweep, x) -> str: return f"seed{seed}/{kind}/{method}/{sweep}/{x}"
 
 def _outcomes(outcomes: Mapping, seeds, kind, method, sweep, x) -> list[np.ndarray]:
+    missing = [k for s in seeds if (k := _key(s, kind, method, sweep, x)) not in outcomes]
+    if missing: raise ValueError(f"appendix_a_claims: outcomes lack {missing[:3]} (run the grid of these parameters first)")
     return [outcomes[_key(s, kind, method, sweep, x)] for s in seeds]
 
 def appendix_a_claims(cfg: Mapping, # resolved parameters (kinds, methods, seeds, sweeps)
@@ -360,6 +366,7 @@ def rerun_centre(run: Run, # the resolved run
                  threads: int, # the other thread count
                 ) -> pd.DataFrame:
     "|Δ| accuracy (points) of the first seed's centre networks retrained at `threads` CPU threads."
+    check_number(threads, "threads", "rerun_centre", ge=1, integer=True)
     cfg, seed, out, fits = run.cfg, run["seeds"][0], [], {}
     old = torch.get_num_threads()
     try:
@@ -423,6 +430,9 @@ def figure_sweeps(df: pd.DataFrame, # the report's rows
                  ):
     "One of Figs. 5–12: accuracy on natural data of the perturbed-noise network (colour) and the noise-trained one (grey) per sweep."
     import matplotlib.pyplot as plt
+    check_choice(kind, KINDS, "kind", "figure_sweeps")
+    if df.empty or not ((df.kind == kind) & (df.method == method)).any():
+        raise ValueError(f"figure_sweeps: no rows for kind={kind!r}, method={method!r}")
     sweeps = ["d", "n", "m"] + ["budget"] * (method in SYNTHETIC_BUDGETS)
     fig, axes = plt.subplots(1, len(sweeps), figsize=(3.3 * len(sweeps), 2.9), sharey=True, squeeze=False)
     for ax, sweep in zip(axes[0], sweeps):
