@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'KINDS', 'BOXES', 'SYNTHETIC_PARAMS', 'SYNTHETIC_ALIASES', 'SYNTHETIC_BUDGETS', 'PAPER_FIGS',
            'synthetic_experiment', 'Budget', 'register_budget', 'point_params', 'train_net', 'correct', 'GridPoint',
-           'grid_point', 'perturbed_noise', 'learn_from_noise', 'grid_jobs', 'appendix_a_claims', 'tau_ablation',
-           'rerun_centre', 'run_synthetic', 'figure_sweeps', 'SyntheticReport']
+           'grid_point', 'perturbed_noise', 'toward_target', 'learn_from_noise', 'grid_jobs', 'appendix_a_claims',
+           'tau_ablation', 'rerun_centre', 'run_synthetic', 'figure_sweeps', 'SyntheticReport']
 
 # %% ../nbs/04e_synthetic.ipynb #fb624d1c
 KINDS = ("uniform", "gaussian")
@@ -278,6 +278,22 @@ def perturbed_noise(point: GridPoint, # from `grid_point`
     return perturb_dataset(point.f, point.noise, perturb, point.noise.y, cache_dir=pdir / "chunks",
                            seed=point.key["seed"], progress=False, key=pdir.name)
 
+def _row_key(point: GridPoint, method: str, params: Mapping) -> dict:
+    "Everything a result row depends on (the row layout's version included)."
+    return {**point.key, "method": method, "params": dict(params), "method_version": METHODS[method].version, "row": 2}
+
+def toward_target(perturbed, # the perturbed noise (x̃, ỹ)
+                  noise, # the unperturbed noise (same order, same targets)
+                  natural, # the natural data (x, y) with `.x`
+                 ) -> float:
+    "Mean over samples of dist(x̃, natural data of class ỹ) / dist(z, natural data of class ỹ): < 1 = moved toward the target's data."
+    from cfx_nb.lfp import dataset_inputs
+    if len(perturbed) != len(noise): raise ValueError(f"toward_target: perturbed has {len(perturbed)} samples, noise {len(noise)}")
+    xt, tg = dataset_inputs(perturbed).flatten(1).double(), noise.y
+    other = natural.y[None, :] != tg[:, None]                       # M×N: natural samples of another class
+    near = lambda x: torch.cdist(x, natural.x.flatten(1).double()).masked_fill(other, math.inf).amin(1)
+    return float((near(xt) / near(noise.x.flatten(1).double())).mean())
+
 def learn_from_noise(cfg: Mapping, # resolved parameters (training settings)
                      point: GridPoint, # from `grid_point`
                      method: str, # a registered method
@@ -288,7 +304,7 @@ def learn_from_noise(cfg: Mapping, # resolved parameters (training settings)
                     ) -> tuple[dict, np.ndarray]:
     "Steps 3–5 at one point for one method and budget: the result row and g's per-sample correctness (cached)."
     spec = method_spec(method, "learn_from_noise")
-    rdir = run_dir(cache, f"lfp-{method}", {**point.key, "method": method, "params": dict(params), "method_version": spec.version})
+    rdir = run_dir(cache, f"lfp-{method}", _row_key(point, method, params))
     if (rdir / "row.json").exists():
         saved = load_json(rdir / "row.json")
         return saved["row"], np.asarray(saved["correct"], np.uint8)
@@ -297,7 +313,7 @@ def learn_from_noise(cfg: Mapping, # resolved parameters (training settings)
     ok = correct(g, point.natural, device)
     row = {"acc": float(ok.mean()), "fit_acc": g_fit, **point.base, "flip_rate": summ["flip_rate"],
            "mean_l2": summ["mean_l2"], "mean_linf": summ["mean_linf"], "l0_frac": summ["mean_l0"] / point.key["d"],
-           "perturb_s": summ["seconds"], "params": dict(params)}
+           "to_target": toward_target(pert, point.noise, point.natural), "perturb_s": summ["seconds"], "params": dict(params)}
     save_json({"row": row, "correct": ok.tolist()}, rdir / "row.json")
     return row, ok
 
@@ -378,7 +394,7 @@ def rerun_centre(run: Run, # the resolved run
                         "acc": 100 * rerun_noise({"acc": pt.base["noise_acc"]}, {"acc": correct(g0, pt.natural, run.device).mean()})["acc"]})
             for m in method_order(cfg["methods"]):
                 r0 = next(r for r in rows if (r["seed"], r["kind"], r["method"], r["sweep"]) == (seed, kind, m, "centre"))
-                rdir = run_dir(run.cache, f"lfp-{m}", {**pt.key, "method": m, "params": r0["params"], "method_version": METHODS[m].version})
+                rdir = run_dir(run.cache, f"lfp-{m}", _row_key(pt, m, r0["params"]))
                 pert, _ = perturbed_noise(pt, m, r0["params"], rdir, run.device, fits)
                 g, _ = train_net(pert, seed=seed + 2, device=run.device, **_train_kw(cfg))
                 out.append({"kind": kind, "network": method_label(m), "threads": f"{old} → {threads}",
@@ -470,7 +486,7 @@ class SyntheticReport:
         t = (c.groupby(["kind", "method"], sort=False)
              .agg(perturbed=("acc", _pm), noise_trained=("noise_acc", _pm), f_train=("f_train_acc", _pm),
                   flip_rate=("flip_rate", "mean"), mean_l2=("mean_l2", "mean"), mean_linf=("mean_linf", "mean"),
-                  l0_frac=("l0_frac", "mean"), perturb_s=("perturb_s", "mean")).round(3).reset_index())
+                  l0_frac=("l0_frac", "mean"), to_target=("to_target", "mean"), perturb_s=("perturb_s", "mean")).round(3).reset_index())
         return t.assign(method=t.method.map(method_label))
 
     def budgets(self) -> pd.DataFrame:

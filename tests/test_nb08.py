@@ -34,6 +34,7 @@ def test_smoke_grid_writes_results(run_nb, tmp_path):
     assert set(df.method) == set(METHODS) and len(df) == 2 * 5 * (sum(sizes.values()) + 2)  # smoke budgets: 2 values each
     for c in ("acc", "noise_acc", "fit_acc", "f_train_acc", "flip_rate", "l0_frac"):
         assert df[c].between(0, 1).all(), c
+    assert (df.to_target > 0).all() and df.to_target.notna().all()  # distance ratio to the target class's natural data
     # the budgets hold: ε∞ for PGD ℓ∞, ε₂ = scale·√d for PGD ℓ2 (mean over samples <= the radius)
     linf = df[df.method == "pgd_linf"]
     assert (linf.mean_linf <= linf.params.map(lambda p: p["eps"]) + 1e-5).all()
