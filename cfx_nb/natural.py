@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -17,19 +18,20 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from .claims import Claim, claim_from_effect, claims_table, paired_effect
-from .core import atomic_write, seed_everything
+from .claims import Claim, claim_from_effect, claims_table, paired_effect, rerun_noise
+from .core import atomic_write, load_json, seed_everything
 from .experiment import Experiment, Param, Run
 from .lfp import LFPRun, run_lfp
 from .methods import method_label, method_order, methods_param
-from .spurious import SPURIOUS_ALIASES, figure_training_variants, rerun_fresh_models
+from .spurious import SPURIOUS_ALIASES, figure_training_variants
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'NATURAL_DATASETS', 'NATURAL_MODES', 'MODE_SHORT', 'NATURAL_PARAMS', 'APP_B', 'PAPER_METHODS', 'paper_preset',
-           'natural_experiment', 'load_natural', 'fit_settings', 'natural_claims', 'tau_ablation', 'summary_table',
-           'test_accuracy_table', 'methods_table', 'NaturalReport', 'run_natural', 'figure_curves', 'report_figures']
+           'natural_experiment', 'load_natural', 'fit_settings', 'lfp_arguments', 'natural_claims', 'tau_ablation',
+           'summary_table', 'test_accuracy_table', 'methods_table', 'rerun_at_threads', 'NaturalReport', 'run_natural',
+           'figure_curves', 'report_figures']
 
 # %% ../nbs/04d_natural.ipynb #5986fe32
 NATURAL_DATASETS = ("digits", "mnist", "fmnist", "cifar10")
@@ -113,16 +115,17 @@ def natural_experiment(presets: Mapping[str, Mapping], # preset -> every paramet
     return Experiment(name, NATURAL_PARAMS, presets, SPURIOUS_ALIASES, [_check_data])
 
 # %% ../nbs/04d_natural.ipynb #f43abfc1
+def _data_kw(run: Run) -> dict: return {"size": run["image_size"]} if run["dataset"] == "digits" else {}
+
 def load_natural(run: Run, # the resolved run (dataset, data_root, image_size, n_train, seeds)
                 ) -> tuple[dict, dict[str, Dataset]]:
     "The loader's keyword arguments and the train / val / test sets (val: the official test set for the real datasets)."
     from cfx_nb.data import load_dataset
     ds = run["dataset"]
-    if ds == "digits":
-        kw = {"size": run["image_size"]}
-        data = {s: load_dataset("digits", s, **kw) for s in ("train", "val", "test")}
+    kw = _data_kw(run)
+    if ds == "digits": data = {s: load_dataset("digits", s, **kw) for s in ("train", "val", "test")}
     else:
-        kw, (train, test) = {}, (load_dataset(ds, s, data_root=run["data_root"]) for s in ("train", "test"))
+        train, test = (load_dataset(ds, s, data_root=run["data_root"]) for s in ("train", "test"))
         data = {"train": train, "val": test, "test": test}
     n, train = run["n_train"], data["train"]
     if n and n < len(train):
@@ -143,6 +146,18 @@ def fit_settings(run: Run) -> tuple[dict, dict]:
     "`fit` keyword arguments of the source model and of the models trained on perturbed data."
     common = {k: run[k] for k in ("batch_size", "optimizer", "momentum", "weight_decay")}
     return {**common, "epochs": run["source_epochs"], "lr": run["source_lr"]}, {**common, "epochs": run["epochs"], "lr": run["lr"]}
+
+def lfp_arguments(run: Run, # the resolved run
+                  data: Mapping[str, Dataset], # from `load_natural`
+                  seed: int, # the repetition
+                  mode: str, # the target mode
+                 ) -> tuple[tuple, dict]:
+    "The positional and keyword arguments of `run_lfp` for one seed and target mode (clean train/test evaluation, val curves)."
+    train, (source_fit, fresh_fit) = data["train"], fit_settings(run)
+    make, model_kw = _model_factory(run, train)
+    key = {"dataset": run["dataset"], "data_root": str(run["data_root"]), "data": _data_kw(run), "n_train": run["n_train"], "model": model_kw}
+    args = (train, {"train": train, "test": data["test"]}, make, run["methods"], fresh_fit, key, run.cache)
+    return args, dict(seed=seed, target_mode=mode, source_fit_kwargs=source_fit, device=run.device, curves=data["val"], progress=False)
 
 # %% ../nbs/04d_natural.ipynb #fa7f3cc1
 PAPER_METHODS = ("pgd_l2", "pgd_linf", "cfe_l2", "pcfe_l0")
@@ -226,6 +241,37 @@ def methods_table(methods: Mapping[str, Mapping], # validated `methods` (name ->
     "The methods' parameters as a table: one row per method (label), one column per parameter."
     return pd.DataFrame({method_label(m): pd.Series(p, dtype=object) for m, p in methods.items()}).T.fillna("")
 
+# %% ../nbs/04d_natural.ipynb #9126605a
+def _copy_upstream(src: Path, dst: Path, seed: int, mode: str) -> None:
+    "Copy the cached source models and perturbed sets of (`seed`, `mode`) from cache root `src` to `dst` (no fresh models)."
+    for d in sorted(src.iterdir()):
+        if not d.is_dir() or not d.name.startswith(("source-", "perturb-")) or (dst / d.name).exists(): continue
+        c = load_json(d / "config.json") if (d / "config.json").exists() else {}
+        if c.get("seed") == seed and c.get("target_mode", mode) == mode: shutil.copytree(d, dst / d.name)
+
+def rerun_at_threads(first: LFPRun, # the run to repeat (its rows give the first test accuracy and WGA)
+                     threads: int, # CPU threads of the rerun
+                     train: Dataset, evals: Mapping[str, Dataset], make_model: Callable, methods: Mapping[str, Mapping],
+                     fit_kwargs: Mapping, key: Mapping, cache_root: str | Path, # the `run_lfp` arguments of `first`
+                     **lfp_kwargs, # the rest of them (seed, target_mode, source_fit_kwargs, curves, device, ...)
+                    ) -> pd.DataFrame:
+    "`first`'s fresh models retrained at `threads` CPU threads from the same cached upstream artifacts: |Δ| test accuracy and WGA per method, in points."
+    old, root = torch.get_num_threads(), Path(cache_root) / f"rerun-threads-{int(threads)}"
+    root.mkdir(parents=True, exist_ok=True)
+    _copy_upstream(Path(cache_root), root, int(lfp_kwargs.get("seed", 0)), lfp_kwargs.get("target_mode", "random"))
+    try:
+        torch.set_num_threads(int(threads))
+        seed_everything(int(lfp_kwargs.get("seed", 0)))
+        again = run_lfp(train, evals, make_model, methods, fit_kwargs, key, root, **lfp_kwargs)
+    finally:
+        torch.set_num_threads(old)
+    out = []
+    for r0 in first.rows[1:]:
+        r1 = next(r for r in again.rows if r["method"] == r0["method"])
+        d = rerun_noise({k: r0[k] for k in ("test_acc", "test_wga")}, r1)
+        out.append({"method": method_label(r0["method"]), "threads": f"{old} → {int(threads)}", **{k: 100 * v for k, v in d.items()}})
+    return pd.DataFrame(out)
+
 # %% ../nbs/04d_natural.ipynb #2afc83bb
 @dataclass
 class NaturalReport:
@@ -282,25 +328,19 @@ def run_natural(run: Run, # from `natural_experiment(...).setup(globals())`
                ) -> NaturalReport:
     "App. B's experiment for every seed × target mode × method: the report the notebook displays."
     from tqdm.auto import tqdm
-    data_kw, data = load_natural(run)
-    train, val, test = data["train"], data["val"], data["test"]
-    make, model_kw = _model_factory(run, train)
-    source_fit, fresh_fit = fit_settings(run)
-    key = {"dataset": run["dataset"], "data_root": str(run["data_root"]), "data": data_kw, "n_train": run["n_train"], "model": model_kw}
+    _, data = load_natural(run)
     runs, rows, rerun = {t: [] for t in run["target_modes"]}, [], None
     jobs = [(s, i, t) for s in run["seeds"] for i, t in enumerate(run["target_modes"])]
     for seed, i, mode in tqdm(jobs, desc="seeds × target modes", leave=False):
+        args, kw = lfp_arguments(run, data, seed, mode)
         seed_everything(seed)
-        r = run_lfp(train, {"train": train, "test": test}, make, run["methods"], fresh_fit, key, run.cache, seed=seed,
-                    target_mode=mode, source_fit_kwargs=source_fit, device=run.device, curves=val, progress=False)
+        r = run_lfp(*args, **kw)
         if seed == run["seeds"][0] and i == 0 and run["rerun_check"]:
-            other = 2 if torch.get_num_threads() == 1 else 1
-            rerun = rerun_fresh_models(train, {"test": test}, make, run["methods"], fresh_fit, key, run.cache, seed, mode,
-                                       run.device, r, other)
+            rerun = rerun_at_threads(r, 2 if torch.get_num_threads() == 1 else 1, *args, **kw)
         if runs[mode]: runs[mode][-1].models, runs[mode][-1].perturbed = {}, {}  # keep the last seed's for the figures
         runs[mode].append(r)
         rows += [{**x, "target_mode": "—" if x["method"] == "original" else mode} for x in r.rows if i == 0 or x["method"] != "original"]
-    claims, keys = natural_claims(runs, np.asarray(test.y), train.n_classes)
+    claims, keys = natural_claims(runs, np.asarray(data["test"].y), data["train"].n_classes)
     return NaturalReport(run, data, rows, runs, claims, keys, rerun)
 
 # %% ../nbs/04d_natural.ipynb #c9935d1b
