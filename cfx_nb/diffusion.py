@@ -334,7 +334,8 @@ def load_ddpm(ckpt_dir: str | Path, # a `train_ddpm` checkpoint directory (or on
     "The bundle (EMA weights) saved by `train_ddpm` in its newest checkpoint."
     p = Path(ckpt_dir)
     f = latest_checkpoint(p) if p.is_dir() else p
-    if f is None or not f.is_file(): raise FileNotFoundError(f"load_ddpm: no train_ddpm checkpoint in {str(p)!r}")
+    if f is None or not f.is_file():  # a damaged newest checkpoint was moved aside (warning) by latest_checkpoint
+        raise FileNotFoundError(f"load_ddpm: no readable train_ddpm checkpoint in {str(p)!r} (damaged ones are moved aside as *.corrupt-N)")
     try: st = load_torch(f)
     except Exception as e:
         raise ValueError(f"load_ddpm: {str(f)!r} is not a readable train_ddpm checkpoint (truncated or not a torch file: "

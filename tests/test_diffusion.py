@@ -344,12 +344,15 @@ def test_load_ddpm_refuses_bad_files(tmp_path):
     bad = tmp_path / "epoch_00001.pt"
     bad.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(ValueError, match=r"load_ddpm: '.*epoch_00001\.pt' is not a readable train_ddpm checkpoint"):
-        D.load_ddpm(tmp_path, "cpu")
+        D.load_ddpm(bad, "cpu")  # named explicitly: an error naming it
+    with pytest.raises(FileNotFoundError, match="load_ddpm: no readable train_ddpm checkpoint"):
+        D.load_ddpm(tmp_path, "cpu")  # in a folder: the damaged newest checkpoint is moved aside, none is left
+    assert (tmp_path / "epoch_00001.pt.corrupt-1").exists() and not bad.exists()
     other = tmp_path / "weights.pt"
     torch.save({"model": {}}, other)
     with pytest.raises(ValueError, match=r"load_ddpm: '.*weights\.pt' is not a train_ddpm checkpoint"):
         D.load_ddpm(other, "cpu")
-    with pytest.raises(FileNotFoundError, match="load_ddpm: no train_ddpm checkpoint"):
+    with pytest.raises(FileNotFoundError, match="load_ddpm: no readable train_ddpm checkpoint"):
         D.load_ddpm(tmp_path / "missing", "cpu")
 
 
