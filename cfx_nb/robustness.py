@@ -175,6 +175,8 @@ class WarmupCosine:
     def __init__(self, warmup: int = 5): # warm-up epochs
         self.warmup = check_number(warmup, "warmup", "WarmupCosine", ge=0, integer=True)
 
+    def __repr__(self) -> str: return f"WarmupCosine(warmup={self.warmup})"
+
     def __call__(self, optimizer: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
         w = min(self.warmup, max(epochs - 1, 0))
         def f(e: int) -> float:
@@ -383,7 +385,6 @@ def claim_ce_accuracy(d: str, spec: Mapping, sc: Mapping, y: torch.Tensor, clean
 
 def close_far(dist: torch.Tensor, n_bins: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
     "Masks of the closest and farthest distance-quantile bins, and the bin edges."
-    from cfx_nb.diffusion import confidence_by_distance  # noqa: F401 (same binning rule)
     dc = dist.double()
     edges = torch.quantile(dc, torch.linspace(0, 1, n_bins + 1, dtype=torch.float64))
     b = torch.bucketize(dc, edges[1:-1], right=True).clamp(max=n_bins - 1).numpy()
@@ -480,7 +481,7 @@ def analyse_train_ces(run: Run, d: str, bundle, key, models: Mapping, train) -> 
     ces = ce_set(run, d, bundle, key, "train", x, ce_spec(run, "gaussian", run["sigma_ce"]))
     dist = distance_to_other_ces(ce_distances(x, ces), y)
     far, near, edges = close_far(dist, run["n_bins"])
-    _, b = torch.unique(torch.bucketize(dist.double(), torch.tensor(edges[1:-1]), right=True).clamp(max=run["n_bins"] - 1), return_inverse=True)
+    b = torch.bucketize(dist.double(), torch.tensor(edges[1:-1], dtype=torch.float64), right=True).clamp(max=run["n_bins"] - 1)
     conf, correct, bins = {}, {}, []
     for (s, kind), m in models.items():
         p = class_probabilities(m, x)
@@ -575,6 +576,8 @@ class RobustnessReport:
     def show(self, *sections: str) -> None:
         "Display report sections: 'classifiers', 'samples', 'sanity', 'counterfactuals', 'ce_classifier', 'claims', 'cost', 'figures'."
         from IPython.display import Markdown, display
+        if self.cost is not None and sections and "cost" not in sections:
+            display(Markdown("*(dry run: nothing was trained; the cost card is in the cost section)*")); return
         if self.cost is not None:
             display(Markdown(f"**Dry run** — nothing was trained. Cost card of preset `{self.run['preset']}`, measured on "
                              f"{self.cost.attrs.get('device')}:")); display(self.cost.round(4)); return
