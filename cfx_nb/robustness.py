@@ -252,6 +252,7 @@ def train_generator(run: Run, d: str, train) -> tuple[Any, dict]:
     key = {"dataset": d, "image_size": tuple(x.shape[1:]), "n": len(x), "channels": run["ddpm_channels"],
            "layers": run["ddpm_layers"], "epochs": run["ddpm_epochs"], "batch_size": run["ddpm_batch_size"],
            "lr": run["ddpm_lr"], "p_uncond": run["p_uncond"], "seed": 0}
+    seed_everything(0)  # the UNet is built here, before train_ddpm seeds: seed its initialisation too (same weights in every process)
     unet = make_unet(x.shape[-1], x.shape[1], train.n_classes, null_class=run["p_uncond"] > 0,
                      block_out_channels=run["ddpm_channels"], layers_per_block=run["ddpm_layers"])
     b = train_ddpm(x, y, train.n_classes, unet=unet, scheduler=make_scheduler(1000), epochs=run["ddpm_epochs"],
