@@ -59,3 +59,7 @@ def run_paper_preset(run_nb, tmp_path):
                epochs=1, steps=2, seeds=[0], image_size=64, device="cpu", num_threads=1, **params)
         return json.loads((out / "results.json").read_text()), out
     return run
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a test that takes tens of seconds (torchrun, paper presets on fixtures)")
