@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .claims import Claim, claim_from_effect, claims_table, paired_effect, rerun_noise
-from .core import atomic_write, load_json, seed_everything
+from .core import atomic_write, check_choice, load_json, seed_everything
 from .experiment import Experiment, Param, Run
 from .lfp import LFPRun, run_lfp
 from .methods import method_label, method_order, methods_param
@@ -28,10 +28,10 @@ from .spurious import SPURIOUS_ALIASES, figure_training_variants
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'NATURAL_DATASETS', 'NATURAL_MODES', 'MODE_SHORT', 'NATURAL_PARAMS', 'APP_B', 'PAPER_METHODS', 'paper_preset',
-           'natural_experiment', 'load_natural', 'fit_settings', 'lfp_arguments', 'natural_claims', 'tau_ablation',
-           'summary_table', 'test_accuracy_table', 'methods_table', 'rerun_at_threads', 'NaturalReport', 'run_natural',
-           'figure_curves', 'report_figures']
+__all__ = ['log', 'NATURAL_DATASETS', 'NATURAL_MODES', 'MODE_SHORT', 'NATURAL_PARAMS', 'APP_B', 'REAL_SIZES', 'PAPER_METHODS',
+           'paper_preset', 'natural_experiment', 'load_natural', 'fit_settings', 'lfp_arguments', 'natural_cost_card',
+           'natural_claims', 'tau_ablation', 'summary_table', 'test_accuracy_table', 'methods_table',
+           'rerun_at_threads', 'NaturalReport', 'run_natural', 'figure_curves', 'report_figures']
 
 # %% ../nbs/04d_natural.ipynb #5986fe32
 NATURAL_DATASETS = ("digits", "mnist", "fmnist", "cifar10")
@@ -158,6 +158,31 @@ def lfp_arguments(run: Run, # the resolved run
     key = {"dataset": run["dataset"], "data_root": str(run["data_root"]), "data": _data_kw(run), "n_train": run["n_train"], "model": model_kw}
     args = (train, {"train": train, "test": data["test"]}, make, run["methods"], fresh_fit, key, run.cache)
     return args, dict(seed=seed, target_mode=mode, source_fit_kwargs=source_fit, device=run.device, curves=data["val"], progress=False)
+
+# %% ../nbs/04d_natural.ipynb #costcard02
+#: (training, test) images and one input's shape of App. B's datasets
+REAL_SIZES = {"mnist": (60000, 10000, (1, 28, 28)), "fmnist": (60000, 10000, (1, 28, 28)), "cifar10": (50000, 10000, (3, 32, 32))}
+
+def natural_cost_card(experiment: Experiment, # the notebook's experiment spec
+                      preset: str = "paper", # the preset to project
+                      dataset: str = "mnist", # one of REAL_SIZES
+                      device: str | torch.device = "auto", # where to measure
+                     ) -> pd.DataFrame:
+    "Projected hours, GPU-hours and disk per stage of `preset` on `dataset` (source once per seed; the rest per seed and target mode)."
+    from cfx_nb.cost import lfp_cost_card
+    from cfx_nb.models import make_model
+    check_choice(dataset, list(REAL_SIZES), "dataset", "natural_cost_card")
+    cfg, _ = experiment.resolve({"preset": preset, "dataset": dataset, "data_root": "."})
+    n_train, n_test, shape = REAL_SIZES[dataset]
+    kw = dict(name=cfg["model"], n_classes=10, in_channels=shape[0], image_size=shape[-1])
+    kw.update({"width": cfg["width"]} if cfg["model"] == "small_cnn" else {"dropout": cfg["dropout"]})
+    S, M = len(cfg["seeds"]), len(cfg["target_modes"])
+    card = lfp_cost_card(lambda: make_model(**kw), shape, 10, n_train, n_test, S * M, cfg["methods"],
+                         {"epochs": cfg["epochs"], "batch_size": cfg["batch_size"]}, source_epochs=cfg["source_epochs"], device=device)
+    card.loc[0, "hours"] *= S / (S * M); card.loc[0, "disk_gb"] *= S / (S * M); card.loc[0, "count"] = S  # one source model per seed
+    card.loc[card.index[-1], ["hours", "disk_gb"]] = card.iloc[:-1][["hours", "disk_gb"]].sum().values
+    card["gpu_hours"] = card["hours"] if torch.device(device).type == "cuda" or (device == "auto" and torch.cuda.is_available()) else float("nan")
+    return card
 
 # %% ../nbs/04d_natural.ipynb #fa7f3cc1
 PAPER_METHODS = ("pgd_l2", "pgd_linf", "cfe_l2", "pcfe_l0")
