@@ -110,3 +110,12 @@ def test_diffusion_counterfactuals_as_a_fifth_method(run_nb, tmp_path):
     assert "Diffusion CE" in pd.read_csv(out / "paper_style.csv").columns
     assert pd.read_csv(out / "claims.csv").statement.str.contains("Diffusion CE").any()
     assert list((out / "cache").glob("perturb-diffusion_ce-*/fit/ddpm/epoch_*.pt"))  # the DDPM checkpoint, cached
+
+
+def test_model_selection_on_validation_data(run_nb, tmp_path):
+    """select="val_wga" (Yang et al., 2023): every epoch's checkpoint is kept and the best on the validation split is loaded."""
+    out = tmp_path / "run"
+    run_nb(NB, preset="smoke", out_dir=str(out), methods=["pgd_linf"], epochs=2, select="val_wga")
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert all(r["selected_epoch"] in (1, 2) and 0 <= r["selected_val_wga"] <= 1 for r in rows)
+    assert len(list((out / "cache").glob("source-*/ckpt/epoch_*.pt"))) == 2
