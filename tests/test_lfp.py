@@ -134,7 +134,7 @@ def test_a_registered_toy_method_runs_through_the_loop_and_the_report(tmp_path):
         pre = {"seeds": [0], "methods": {"toy_shift": {}, "pgd_linf": {"eps": 0.1, "steps": 1}}, "target_mode": "uniform",
                "model": "small_cnn", "width": 0.25, "pretrained": None, "image_size": 16, "scale": 0.02, "epochs": 1,
                "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "grad_clip": None,
-               "rerun_check": False, "dry_run": False, "n_show": 2}
+               "rerun_check": False, "dry_run": False, "select": "last", "n_show": 2}
         run = spurious_experiment("toy", {"smoke": pre}, "WaterBirds", "x").setup({"preset": "smoke", "out_dir": str(tmp_path), "device": "cpu"})
         rep = run_spurious(run, "waterbirds", load_data(run, "waterbirds"))
         assert [r["method"] for r in rep.rows] == ["original", "pgd_linf", "toy_shift"]
