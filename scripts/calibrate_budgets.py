@@ -25,10 +25,10 @@ GRIDS = {"pgd_l2": [dict(eps=e, steps=20) for e in (1.0, 2.0, 3.0, 4.0)],
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="waterbirds", choices=["waterbirds", "spuco_dogs"])
-    ap.add_argument("--size", type=int, default=24)
-    ap.add_argument("--scale", type=float, default=None)
+    ap.add_argument("--size", type=int, default=16, help="image side (the default presets': 16)")
+    ap.add_argument("--scale", type=float, default=None, help="data scale (default: the default preset's, 1.0 / 0.25)")
     a = ap.parse_args()
-    scale = a.scale if a.scale is not None else (0.5 if a.dataset == "waterbirds" else 0.1)
+    scale = a.scale if a.scale is not None else (1.0 if a.dataset == "waterbirds" else 0.25)
     tr = load_dataset(a.dataset, "train", size=a.size, scale=scale)
     seed_everything(1)
     f = make_model("small_cnn", n_classes=tr.n_classes, in_channels=3, image_size=a.size, width=0.25)
