@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .claims import Claim, claim_from_effect, claims_table, paired_effect, rerun_noise
-from .core import atomic_write, check_choice, load_json, seed_everything
+from .core import atomic_write, check_choice, get_device, load_json, seed_everything
 from .experiment import Experiment, Param, Run
 from .lfp import LFPRun, run_lfp
 from .methods import method_label, method_order, methods_param
@@ -203,7 +203,7 @@ def natural_cost_card(experiment: Experiment, # the notebook's experiment spec
         card = pd.concat([card.iloc[:-1], pd.DataFrame([_rerun_row(card, S, M)]), card.iloc[-1:]], ignore_index=True)
         card.attrs.update(attrs)
     card.loc[card.index[-1], ["hours", "disk_gb"]] = card.iloc[:-1][["hours", "disk_gb"]].sum().values
-    card["gpu_hours"] = card["hours"] if torch.device(device).type == "cuda" or (device == "auto" and torch.cuda.is_available()) else float("nan")
+    card["gpu_hours"] = card["hours"] if get_device(device).type == "cuda" else float("nan")
     card.attrs.update(preset=preset, dataset=dataset, n_train=n_train)
     return card
 
