@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .claims import Claim, claim_from_effect, claims_table, paired_effect, rerun_noise
-from .core import atomic_write, check_choice, load_json, seed_everything
+from .core import atomic_write, check_choice, get_device, load_json, seed_everything
 from .experiment import Experiment, Param, Run
 from .lfp import LFPRun, run_lfp
 from .methods import method_label, method_order, methods_param
@@ -71,6 +71,7 @@ NATURAL_PARAMS: dict[str, Param] = {
     "weight_decay": _F("weight decay", ge=0),
     "rerun_check": Param("bool", "retrain seed 0's fresh models (first target mode) at another thread count: the rerun noise"),
     "n_show": _I("images per method in the sample figure", ge=1),
+    "dry_run": Param("bool", "show the preset's cost card (projected hours, GPU-hours, disk per stage) and train nothing"),
 }
 
 # %% ../nbs/04d_natural.ipynb #8808a21f
@@ -94,13 +95,13 @@ def paper_preset(base: Mapping, # the notebook's `paper` preset (every parameter
     return {**base, **b, "dataset": dataset, "methods": ms}
 
 def _check_data(cfg: dict, fn: str) -> None:
-    "The dataset and data_root agree, and the paper preset runs on one of App. B's datasets."
+    "The dataset and data_root agree (a dry run reads no data), and the paper preset runs on one of App. B's datasets."
     ds, root = cfg["dataset"], cfg["data_root"]
     if cfg["preset"] == "paper" and ds not in APP_B:
         raise ValueError(f"{fn}: preset='paper' is App. B on {', '.join(map(repr, APP_B))}; dataset={ds!r} has no paper setting")
     if ds == "digits" and root is not None:
         raise ValueError(f"{fn}: dataset='digits' is bundled with scikit-learn; data_root must be None, got {root!r}")
-    if ds != "digits" and root is None:
+    if ds != "digits" and root is None and not cfg["dry_run"]:
         raise ValueError(f"{fn}: dataset={ds!r} is read from disk: set data_root to the folder holding it "
                          f"(torchvision's layout), or use dataset='digits' offline")
 
@@ -163,25 +164,47 @@ def lfp_arguments(run: Run, # the resolved run
 #: (training, test) images and one input's shape of App. B's datasets
 REAL_SIZES = {"mnist": (60000, 10000, (1, 28, 28)), "fmnist": (60000, 10000, (1, 28, 28)), "cifar10": (50000, 10000, (3, 32, 32))}
 
+def _check_sizes(sizes: Any, fn: str) -> tuple[int, int, tuple]:
+    "`sizes` as (training images >= 1, test images >= 1, one input's shape (C, H, W)), or a ValueError."
+    ok = (isinstance(sizes, (tuple, list)) and len(sizes) == 3 and isinstance(sizes[2], (tuple, list)) and len(sizes[2]) == 3
+          and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (*sizes[:2], *sizes[2])))
+    if not ok: raise ValueError(f"{fn}: sizes={sizes!r} must be (training images >= 1, test images >= 1, (C, H, W)) of positive integers")
+    return int(sizes[0]), int(sizes[1]), tuple(int(n) for n in sizes[2])
+
+def _rerun_row(card: pd.DataFrame, S: int, M: int) -> dict:
+    "The rerun check's row: seed 0's fresh models (first mode) retrained beside copies of their source model and perturbed sets."
+    fresh, up = card.stage.str.endswith(": fresh model training"), card.stage.str.endswith(": perturb the training set")
+    h = card.loc[fresh, "hours"].sum() / (S * M)
+    disk = card.loc[fresh | up, "disk_gb"].sum() / (S * M) + card.loc[0, "disk_gb"] / S
+    return {"stage": "rerun check (seed 0's fresh models, first target mode)", "count": 1, "unit_s": 3600 * h, "disk_gb": disk, "hours": h}
+
 def natural_cost_card(experiment: Experiment, # the notebook's experiment spec
                       preset: str = "paper", # the preset to project
-                      dataset: str = "mnist", # one of REAL_SIZES
+                      dataset: str = "mnist", # one of REAL_SIZES (any of NATURAL_DATASETS with `sizes`)
                       device: str | torch.device = "auto", # where to measure
+                      sizes: tuple | None = None, # (training images, test images, input shape) of the run's own data (None: REAL_SIZES[dataset])
                      ) -> pd.DataFrame:
     "Projected hours, GPU-hours and disk per stage of `preset` on `dataset` (source once per seed; the rest per seed and target mode)."
     from cfx_nb.cost import lfp_cost_card
     from cfx_nb.models import make_model
-    check_choice(dataset, list(REAL_SIZES), "dataset", "natural_cost_card")
-    cfg, _ = experiment.resolve({"preset": preset, "dataset": dataset, "data_root": "."})
-    n_train, n_test, shape = REAL_SIZES[dataset]
+    fn = "natural_cost_card"
+    check_choice(dataset, list(REAL_SIZES) if sizes is None else list(NATURAL_DATASETS), "dataset", fn)
+    n_train, n_test, shape = REAL_SIZES[dataset] if sizes is None else _check_sizes(sizes, fn)
+    cfg, _ = experiment.resolve({"preset": preset, "dataset": dataset, "data_root": None if dataset == "digits" else "."})
+    n_train = min(n_train, cfg["n_train"] or n_train)  # n_train > 0: a subset of the training images
     kw = dict(name=cfg["model"], n_classes=10, in_channels=shape[0], image_size=shape[-1])
     kw.update({"width": cfg["width"]} if cfg["model"] == "small_cnn" else {"dropout": cfg["dropout"]})
     S, M = len(cfg["seeds"]), len(cfg["target_modes"])
     card = lfp_cost_card(lambda: make_model(**kw), shape, 10, n_train, n_test, S * M, cfg["methods"],
                          {"epochs": cfg["epochs"], "batch_size": cfg["batch_size"]}, source_epochs=cfg["source_epochs"], device=device)
     card.loc[0, "hours"] *= S / (S * M); card.loc[0, "disk_gb"] *= S / (S * M); card.loc[0, "count"] = S  # one source model per seed
+    if cfg["rerun_check"]:
+        attrs = dict(card.attrs)
+        card = pd.concat([card.iloc[:-1], pd.DataFrame([_rerun_row(card, S, M)]), card.iloc[-1:]], ignore_index=True)
+        card.attrs.update(attrs)
     card.loc[card.index[-1], ["hours", "disk_gb"]] = card.iloc[:-1][["hours", "disk_gb"]].sum().values
-    card["gpu_hours"] = card["hours"] if torch.device(device).type == "cuda" or (device == "auto" and torch.cuda.is_available()) else float("nan")
+    card["gpu_hours"] = card["hours"] if get_device(device).type == "cuda" else float("nan")
+    card.attrs.update(preset=preset, dataset=dataset, n_train=n_train)
     return card
 
 # %% ../nbs/04d_natural.ipynb #fa7f3cc1
@@ -298,32 +321,41 @@ def rerun_at_threads(first: LFPRun, # the run to repeat (its rows give the first
     return pd.DataFrame(out)
 
 # %% ../nbs/04d_natural.ipynb #2afc83bb
+_SECTIONS = ("data", "tables", "figures", "claims", "cost")
+_DRY = "*(dry run: nothing was trained; the cost card is in the cost section)*"
+
 @dataclass
 class NaturalReport:
     "Everything the natural-images notebook shows and saves."
     run: Run # the resolved run
-    data: dict # split -> dataset ("val" drives the curves)
+    data: dict # split -> dataset ("val" drives the curves); empty in a dry run on a real dataset
     rows: list[dict] # per (seed, model): Original once per seed, then method × target mode
     runs: dict[str, list[LFPRun]] # target mode -> per seed (models and perturbed sets kept for the last seed only)
     claims: list[Claim] # App. B's claims, judged
     claim_keys: list[tuple[str, str, str]] # (kind, target mode, method) of each claim
     rerun: pd.DataFrame | None = None # rerun noise (points) per method
+    cost: pd.DataFrame | None = None # the dry run's cost card (dry_run=True: nothing was trained)
 
     @property
     def modes(self) -> list[str]: return list(self.runs)
+    @property
+    def dry(self) -> bool: return self.cost is not None
 
     def data_table(self) -> pd.DataFrame:
-        "Images and shape per split."
+        "Images and shape per split (empty in a dry run)."
+        if self.dry: return pd.DataFrame()
         d = self.data
         return pd.DataFrame({"images": [len(v) for v in d.values()], "shape": [tuple(v[0][0].shape) for v in d.values()]},
                             index=["train", "validation (curves)", "test"])
 
-    def summary(self) -> pd.DataFrame: return summary_table(self.rows, self.modes)
-    def test_accuracy(self) -> pd.DataFrame: return test_accuracy_table(self.rows, self.modes)
-    def ablation(self) -> pd.DataFrame: return tau_ablation(self.runs, np.asarray(self.data["test"].y))
+    def summary(self) -> pd.DataFrame: return pd.DataFrame() if self.dry else summary_table(self.rows, self.modes)
+    def test_accuracy(self) -> pd.DataFrame: return pd.DataFrame() if self.dry else test_accuracy_table(self.rows, self.modes)
+    def ablation(self) -> pd.DataFrame:
+        return pd.DataFrame() if self.dry else tau_ablation(self.runs, np.asarray(self.data["test"].y))
 
     def claims_table(self) -> pd.DataFrame:
         "`cfx_nb.claims.claims_table` with the target mode, the method and the method's rerun noise (points) beside each effect."
+        if self.dry: return pd.DataFrame()
         t = claims_table(self.claims)
         t.insert(0, "target_mode", [MODE_SHORT[k[1]] for k in self.claim_keys])
         t.insert(1, "method", [method_label(k[2]) for k in self.claim_keys])
@@ -332,15 +364,24 @@ class NaturalReport:
         return t
 
     def tables(self) -> dict[str, pd.DataFrame]:
+        if self.dry: return {"cost_card": self.cost}
         t = {"summary": self.summary(), "test_accuracy": self.test_accuracy(), "claims": self.claims_table(),
              "methods": methods_table(self.run["methods"])}
         if len(ab := self.ablation()): t["tau_ablation"] = ab
         if self.rerun is not None: t["rerun_noise"] = self.rerun
         return t
 
+    def show(self, *sections: str) -> None:
+        "Display report sections in a notebook: 'data', 'tables', 'figures', 'claims', 'cost' (default: all)."
+        from IPython.display import Markdown, display
+        for s in sections: check_choice(s, _SECTIONS, "section", "NaturalReport.show")
+        if self.dry and sections and "cost" not in sections: display(Markdown(_DRY)); return
+        for s in sections or _SECTIONS: _SHOW[s](self, display, Markdown)
+
     def save(self) -> dict[str, Path]:
-        "results.json/.csv, every table as CSV, and the per-sample test outcomes (outcomes.npz) under the run's folder."
+        "results.json/.csv, every table as CSV, and the per-sample test outcomes (outcomes.npz; not in a dry run) under the run's folder."
         paths = self.run.save(self.rows, self.tables())
+        if self.dry: return paths
         arrays = {f"seed{r.rows[0]['seed']}/{MODE_SHORT[t]}/{m}/{s}": v for t, rs in self.runs.items() for r in rs
                   for m, d in r.correct.items() for s, v in d.items()}
         arrays["y/test"] = np.asarray(self.data["test"].y)
@@ -349,10 +390,54 @@ class NaturalReport:
         return {**paths, "outcomes": self.run.out / "outcomes.npz"}
 
 # %% ../nbs/04d_natural.ipynb #a26c044f
+def _show_data(r: NaturalReport, display: Callable, Md: Callable) -> None: display(r.data_table())
+
+def _show_tables(r: NaturalReport, display: Callable, Md: Callable) -> None:
+    c = r.run.cfg
+    display(Md(f"**{c['dataset']}**, {c['preset']} preset, {len(c['seeds'])} seed(s), model `{c['model']}`"))
+    display(r.summary())
+    display(Md("**Clean test accuracy (%) per method × target mode**"))
+    display(r.test_accuracy())
+
+def _show_figures(r: NaturalReport, display: Callable, Md: Callable) -> None:
+    import matplotlib.pyplot as plt
+    report_figures(r); plt.show()
+
+def _show_claims(r: NaturalReport, display: Callable, Md: Callable) -> None:
+    from cfx_nb.claims import claims_markdown
+    display(Md(claims_markdown(r.claims))); display(r.claims_table()); display(r.ablation())
+    if r.rerun is not None: display(r.rerun)
+
+def _show_cost(r: NaturalReport, display: Callable, Md: Callable) -> None:
+    "The dry run's card of the chosen preset, or else the `paper` preset's on MNIST (saved as cost_card_paper.csv)."
+    if r.dry:
+        a = r.cost.attrs
+        display(Md(f"**Dry run** — nothing was trained. Cost card of preset `{a.get('preset')}` on {a.get('dataset')} "
+                   f"({a.get('n_train')} training images), measured on {a.get('device')}:")); display(r.cost.round(4)); return
+    if r.run["preset"] == "smoke":
+        display(Md("*(the paper preset's cost card is not measured in the smoke preset)*")); return
+    card = natural_cost_card(r.run.experiment, "paper", "mnist", r.run.device)
+    display(card.round(4)); card.to_csv(r.run.out / "cost_card_paper.csv")
+
+_SHOW = {"data": _show_data, "tables": _show_tables, "figures": _show_figures, "claims": _show_claims, "cost": _show_cost}
+
+# %% ../nbs/04d_natural.ipynb #acfac5cb
+def _dry_run(run: Run) -> NaturalReport:
+    "The dry run's report: the chosen preset's cost card (real-size data, or the run's own digits split), nothing trained."
+    if run.experiment is None:
+        raise ValueError("run_natural: dry_run=True needs run.experiment (the notebook's Experiment, set by `setup`), got None")
+    ds, data, sizes = run["dataset"], {}, None
+    if ds not in REAL_SIZES:  # the bundled digits: the run's own split sizes and shape (loading them trains nothing)
+        _, data = load_natural(run)
+        sizes = (len(data["train"]), len(data["test"]), tuple(int(n) for n in data["train"].x.shape[1:]))
+    card = natural_cost_card(run.experiment, run["preset"], ds, run.device, sizes=sizes)
+    return NaturalReport(run, data, [], {t: [] for t in run["target_modes"]}, [], [], cost=card)
+
 def run_natural(run: Run, # from `natural_experiment(...).setup(globals())`
                ) -> NaturalReport:
-    "App. B's experiment for every seed × target mode × method: the report the notebook displays."
+    "App. B's experiment for every seed × target mode × method (`dry_run`: the cost card only): the report the notebook displays."
     from tqdm.auto import tqdm
+    if run["dry_run"]: return _dry_run(run)
     _, data = load_natural(run)
     runs, rows, rerun = {t: [] for t in run["target_modes"]}, [], None
     jobs = [(s, i, t) for s in run["seeds"] for i, t in enumerate(run["target_modes"])]
@@ -400,8 +485,9 @@ def figure_curves(rows: Sequence[Mapping], # rows of `run_natural` (with `histor
 
 def report_figures(report: NaturalReport, # from `run_natural`
                   ) -> dict[str, Any]:
-    "The curves per target mode (curves_R.png, curves_D.png) and the samples of the last seed, first mode (samples.png), saved."
+    "The curves per target mode (curves_R.png, curves_D.png) and the samples of the last seed, first mode (samples.png), saved (none in a dry run)."
     from cfx_nb.explain import save_figure
+    if report.dry: return {}
     run, train = report.run, report.data["train"]
     figs = {f"curves_{MODE_SHORT[t]}": figure_curves(report.rows, t, train.n_classes, f"{run['dataset']}: ") for t in report.modes}
     pert = report.runs[report.modes[0]][-1].perturbed

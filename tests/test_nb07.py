@@ -96,3 +96,24 @@ def test_paper_preset_runs_on_real_format_data(run_nb, tmp_path):
     got = sorted((r["method"], r["target_mode"]) for r in res["rows"])
     assert got == sorted([("original", "—")] + [(m, t) for m in METHODS for t in ("random", "deterministic")])
     assert all(r["n"] == 40 for r in res["rows"] if r["method"] != "original")
+
+
+@pytest.mark.parametrize("preset, n_seeds, n_train, pixels", [("smoke", 1, 200, 12 * 12), ("paper", 3, 60000, 28 * 28)])
+def test_dry_run_shows_the_cost_card_and_trains_nothing(run_nb, tmp_path, preset, n_seeds, n_train, pixels):
+    """`dry_run=True` (the paper preset without data_root): the chosen preset's cost card at the data's size (smoke: its
+    200 digits at 12 px; paper: MNIST's 60,000 training images), no model trained, every other section a one-line note."""
+    out = tmp_path / "run"
+    nb = run_nb(NB, preset=preset, dry_run=True, out_dir=str(out), device="cpu", num_threads=1)
+    assert not (out / "cache").exists() and not list(out.glob("*.png")) and not (out / "outcomes.npz").exists()
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["dry_run"] is True and res["config"]["data_root"] is None and res["rows"] == []
+    card = pd.read_csv(out / "cost_card.csv", index_col=0).set_index("stage")
+    assert card.loc["source model: training", "count"] == n_seeds
+    # perturbed sets on disk: one float32 copy of the training set per seed × target mode (R, D) and method
+    assert card.loc["pgd_l2: perturb the training set", "count"] == 2 * n_seeds
+    assert card.loc["pgd_l2: perturb the training set", "disk_gb"] == pytest.approx(2 * n_seeds * n_train * pixels * 4 / 1e9)
+    assert ("rerun check (seed 0's fresh models, first target mode)" in card.index) == (preset == "smoke")
+    assert (card.hours > 0).all() and card.hours["TOTAL"] == pytest.approx(card.hours.drop("TOTAL").sum())
+    md = ["".join(o.get("data", {}).get("text/markdown", "")) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert sum("dry run: nothing was trained" in m for m in md) == 4  # data, tables, figures, claims
+    assert sum(m.startswith("**Dry run**") and f"preset `{preset}`" in m for m in md) == 1
