@@ -3,7 +3,7 @@
 The default presets of 05/06 take, for each method, the smallest budget of its grid whose perturbations
 make the source model predict the target for >= 90% of 400 training images (targets = the other class):
 a criterion on the *source* model only, fixed before any fresh model is trained or any WGA is seen.
-usage: .venv/bin/python scripts/calibrate_budgets.py [--dataset waterbirds|spuco_dogs]
+usage: .venv/bin/python scripts/calibrate_budgets.py [--dataset waterbirds|spuco_dogs] [--optimizer sgd|adam] [--lr LR]
 """
 import argparse
 
@@ -27,12 +27,16 @@ def main():
     ap.add_argument("--dataset", default="waterbirds", choices=["waterbirds", "spuco_dogs"])
     ap.add_argument("--size", type=int, default=16, help="image side (the default presets': 16)")
     ap.add_argument("--scale", type=float, default=None, help="data scale (default: the default preset's, 1.0 / 0.25)")
+    ap.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="the source model's optimizer (the default presets': sgd)")
+    ap.add_argument("--lr", type=float, default=None, help="its learning rate (default: 0.01 for sgd, 1e-3 for adam)")
     a = ap.parse_args()
+    opt = dict(optimizer=a.optimizer, lr=a.lr if a.lr is not None else (0.01 if a.optimizer == "sgd" else 1e-3))
+    if a.optimizer == "sgd": opt["momentum"] = 0.9
     scale = a.scale if a.scale is not None else (1.0 if a.dataset == "waterbirds" else 0.25)
     tr = load_dataset(a.dataset, "train", size=a.size, scale=scale)
     seed_everything(1)
     f = make_model("small_cnn", n_classes=tr.n_classes, in_channels=3, image_size=a.size, width=0.25)
-    fit(f, tr, epochs=15, batch_size=128, optimizer="adam", lr=1e-3, progress=False, seed=0)
+    fit(f, tr, epochs=15, batch_size=128, progress=False, seed=0, **opt)
     idx = torch.randperm(len(tr), generator=torch.Generator().manual_seed(0))[:400]
     x, y = tr.x[idx], tr.y[idx]
     t = (y + 1) % tr.n_classes

@@ -6,7 +6,7 @@ of test accuracy and WGA. A spread of ±20 points means a seed's model learns th
 by chance, and no verdict built on a few such seeds survives a rerun.
 
 usage: OMP_NUM_THREADS=1 .venv/bin/python scripts/seed_variance.py CONFIG [SIZE [SCALE [WIDTH]]]
-       CONFIG: A_adam_const15 (the presets' regime), B_adam_cos15, C_adam_cos30, D_sgd_cos30, E_adam_cos15_wd
+       CONFIG: A_adam_const15, B_adam_cos15, C_adam_cos30, D_sgd_cos30, E_adam_cos15_wd, F_sgd_const15
        SIZE 16, SCALE 1.0, WIDTH 0.25 by default; DATASET=spuco_dogs in the environment for 06's data
 """
 import os
@@ -26,6 +26,7 @@ CONFIGS = {
     "C_adam_cos30": dict(optimizer="adam", lr=1e-3, epochs=30, schedule="cosine"),
     "D_sgd_cos30": dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, epochs=30, schedule="cosine"),
     "E_adam_cos15_wd": dict(optimizer="adamw", lr=2e-3, weight_decay=0.05, epochs=15, schedule="cosine"),
+    "F_sgd_const15": dict(optimizer="sgd", lr=0.01, momentum=0.9, epochs=15),
 }
 
 
