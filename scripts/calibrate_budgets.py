@@ -27,9 +27,11 @@ def main():
     ap.add_argument("--dataset", default="waterbirds", choices=["waterbirds", "spuco_dogs"])
     ap.add_argument("--size", type=int, default=16, help="image side (the default presets': 16)")
     ap.add_argument("--scale", type=float, default=None, help="data scale (default: the default preset's, 1.0 / 0.25)")
-    ap.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="the source model's optimizer (the default presets': sgd)")
+    ap.add_argument("--optimizer", default=None, choices=["sgd", "adam"],
+                    help="the source model's optimizer (default: the default preset's, sgd for waterbirds (05), adam for spuco_dogs (06))")
     ap.add_argument("--lr", type=float, default=None, help="its learning rate (default: 0.01 for sgd, 1e-3 for adam)")
     a = ap.parse_args()
+    a.optimizer = a.optimizer or ("sgd" if a.dataset == "waterbirds" else "adam")
     opt = dict(optimizer=a.optimizer, lr=a.lr if a.lr is not None else (0.01 if a.optimizer == "sgd" else 1e-3))
     if a.optimizer == "sgd": opt["momentum"] = 0.9
     scale = a.scale if a.scale is not None else (1.0 if a.dataset == "waterbirds" else 0.25)
